@@ -1,0 +1,3 @@
+from fraudlite.cli import main
+
+raise SystemExit(main())
