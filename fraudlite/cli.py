@@ -53,25 +53,46 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.commands import generate
 
-    return generate(args)
+    return generate(
+        out=args.out,
+        customers=args.customers,
+        terminals=args.terminals,
+        days=args.days,
+        start_date=args.start_date,
+        seed=args.seed,
+        drift_day=args.drift_day,
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.commands import train
 
-    return train(args)
+    return train(
+        data=args.data,
+        columns=parse_columns(args.columns),
+        train_start=args.train_start,
+        train_end=args.train_end,
+        out=args.out,
+        valid_start=args.valid_start,
+        valid_end=args.valid_end,
+        valid_days=args.valid_days,
+        delay_days=args.delay_days,
+        model_type=args.model_type,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.commands import evaluate
 
-    return evaluate(args)
+    return evaluate(args.model, args.data, parse_columns(args.columns), args.start, args.end, k=args.k)
 
 
 def _score(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.commands import score
 
-    return score(args)
+    return score(args.model, args.data, parse_columns(args.columns), args.out)
 
 
 def _add_foundation(sub: argparse._SubParsersAction) -> None:

@@ -68,8 +68,9 @@ class FeatureSpec:
             windows = getattr(self, name)
             if not windows or any(w < 1 for w in windows) or len(set(windows)) != len(windows):
                 raise ConfigError(f"{name} must be distinct positive day counts, got {windows}")
-        if self.delay_days < 0:
-            raise ConfigError(f"delay_days must be >= 0, got {self.delay_days}")
+        if self.delay_days < 1:
+            # Terminal windows are whole days ending `delay` days back: 0 would let same-day (future) rows in.
+            raise ConfigError(f"delay_days must be >= 1, got {self.delay_days}")
         if self.velocity_seconds < 1 or self.velocity_cap < 1:
             raise ConfigError("velocity_seconds and velocity_cap must be >= 1")
         if not 1 <= self.bloom_bits <= 64:

@@ -1,0 +1,226 @@
+"""Loading and validating transaction files (CSV / Parquet) into one standard frame.
+
+The standard frame has columns ``tx_id`` (str), ``ts`` (int64 UTC epoch seconds), ``customer_id`` (str),
+``terminal_id`` (str), ``amount`` (float64) and, when present, ``label`` (int8), in file order. Every
+problem is reported as a DataError naming the column and the first offending rows (1-based data rows,
+the header not counted).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fraudlite.errors import ConfigError, DataError
+from fraudlite.features.offline import TransactionArrays
+from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec
+
+__all__ = [
+    "LOGICAL_COLUMNS",
+    "read_table",
+    "write_table",
+    "load_transactions",
+    "parse_day",
+    "day_of",
+    "window_mask",
+    "to_arrays",
+]
+
+LOGICAL_COLUMNS = ("tx_id", "timestamp", "customer_id", "terminal_id", "amount", "label")
+_SHOWN = 5
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a .csv or .parquet file (by extension) as it is."""
+    p = Path(path)
+    if p.suffix.lower() not in (".csv", ".parquet"):
+        raise DataError(f"{p}: unsupported file type {p.suffix!r} (use .csv or .parquet)")
+    if not p.is_file():
+        raise DataError(f"{p}: no such file")
+    try:
+        if p.suffix.lower() == ".csv":
+            return pd.read_csv(p, dtype={"tx_id": str, "customer_id": str, "terminal_id": str}, low_memory=False)
+        return pd.read_parquet(p)
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: cannot be read as {p.suffix[1:].upper()} ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # pyarrow raises its own types for corrupt files
+        if type(e).__module__.startswith("pyarrow"):
+            raise DataError(f"{p}: corrupt or unreadable Parquet ({str(e).splitlines()[0]})") from e
+        raise
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write .csv or .parquet atomically (temporary file in the same directory, then rename)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise DataError(f"{p}: unsupported output type {p.suffix!r} (use .csv or .parquet)")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rows(mask: np.ndarray, values: pd.Series | None = None) -> str:
+    idx = np.flatnonzero(mask)[:_SHOWN]
+    if values is None:
+        shown = ", ".join(str(i + 1) for i in idx)
+    else:
+        shown = ", ".join(f"{i + 1} ({values.iloc[i]!r})" for i in idx)
+    more = " ..." if mask.sum() > _SHOWN else ""
+    return f"{int(mask.sum())} row(s), first: {shown}{more}"
+
+
+def _resolve_columns(df: pd.DataFrame, columns: dict[str, str] | None, require_label: bool) -> dict[str, str]:
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(LOGICAL_COLUMNS))
+    if unknown:
+        raise ConfigError(f"--columns: unknown logical column(s) {unknown}; known: {', '.join(LOGICAL_COLUMNS)}")
+    resolved = {}
+    for logical in LOGICAL_COLUMNS:
+        source = columns.get(logical, logical)
+        if source in df.columns:
+            resolved[logical] = source
+        elif logical in columns:
+            raise DataError(
+                f"column {source!r} (mapped from {logical!r} by --columns) is not in the file; "
+                f"the file has: {', '.join(map(str, df.columns))}"
+            )
+        elif logical != "label" or require_label:
+            raise DataError(
+                f"missing column {logical!r}; the file has: {', '.join(map(str, df.columns))} "
+                f"(map yours with --columns {logical}=YOUR_COLUMN)"
+            )
+    return resolved
+
+
+def _parse_timestamps(col: pd.Series, name: str) -> np.ndarray:
+    """Datetime strings, datetime columns or epoch numbers (seconds or milliseconds) -> epoch seconds."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        ts = pd.to_datetime(col, utc=True)
+        bad = ts.isna().to_numpy()
+    elif pd.api.types.is_numeric_dtype(col):
+        num = pd.to_numeric(col, errors="coerce").astype("float64")
+        bad = ~np.isfinite(num.to_numpy())
+        unit = "ms" if np.nanmedian(np.abs(num.to_numpy())) > 1e11 else "s"
+        ts = pd.to_datetime(num.where(~bad), unit=unit, utc=True)
+    else:
+        text = col.astype("string")
+        ts = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
+        bad = ts.isna().to_numpy()
+        if bad.any() and not bad.all():
+            retry = pd.to_datetime(text[bad], utc=True, errors="coerce", format="mixed")
+            ts = ts.copy()
+            ts[bad] = retry
+            bad = ts.isna().to_numpy()
+    if bad.any():
+        raise DataError(f"column {name!r}: unparsable timestamps in {_rows(bad, col)}")
+    seconds = ts.to_numpy(dtype="datetime64[s]").astype(np.int64)
+    return seconds
+
+
+def load_transactions(
+    path: str | os.PathLike, columns: dict[str, str] | None = None, require_label: bool = False
+) -> pd.DataFrame:
+    """Load, map and validate a transactions file.
+
+    Args:
+        path: .csv or .parquet file.
+        columns: logical name -> the file's column name (unmapped names are looked up as they are).
+        require_label: a missing ``label`` column is an error (training, evaluation).
+
+    Returns:
+        The standard frame (see module docstring), in file order.
+
+    Raises:
+        DataError: unreadable file, missing column, unparsable/invalid values, duplicate tx_id.
+        ConfigError: an unknown logical name in ``columns``.
+    """
+    raw = read_table(path)
+    cols = _resolve_columns(raw, columns, require_label)
+    if len(raw) == 0:
+        raise DataError(f"{path}: no rows")
+    out = pd.DataFrame(index=pd.RangeIndex(len(raw)))
+    for logical in ("tx_id", "customer_id", "terminal_id"):
+        col = raw[cols[logical]]
+        missing = col.isna().to_numpy()
+        if missing.any():
+            raise DataError(f"column {cols[logical]!r} ({logical}): empty values in {_rows(missing)}")
+        out[logical] = col.astype(str).to_numpy()
+    out["ts"] = _parse_timestamps(raw[cols["timestamp"]], cols["timestamp"])
+    amount_src = raw[cols["amount"]]
+    amount = pd.to_numeric(amount_src, errors="coerce").astype("float64").to_numpy()
+    bad = ~np.isfinite(amount)
+    if bad.any():
+        raise DataError(f"column {cols['amount']!r} (amount): missing or non-numeric amounts in {_rows(bad, amount_src)}")
+    if (amount < 0).any():
+        raise DataError(f"column {cols['amount']!r} (amount): negative amounts in {_rows(amount < 0, amount_src)}")
+    out["amount"] = amount
+    if "label" in cols:
+        label_src = raw[cols["label"]]
+        label = pd.to_numeric(label_src, errors="coerce").to_numpy(dtype="float64")
+        bad = ~np.isin(label, (0.0, 1.0))
+        if bad.any():
+            raise DataError(f"column {cols['label']!r} (label): labels must be 0 or 1, got {_rows(bad, label_src)}")
+        out["label"] = label.astype(np.int8)
+    dup = out["tx_id"].duplicated(keep="first").to_numpy()
+    if dup.any():
+        raise DataError(f"column {cols['tx_id']!r} (tx_id): duplicate ids in {_rows(dup, out['tx_id'])}")
+    return out
+
+
+def parse_day(text: str, flag: str) -> int:
+    """``YYYY-MM-DD`` -> UTC epoch day number; ConfigError naming ``flag`` otherwise."""
+    try:
+        d = date.fromisoformat(str(text))
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a date YYYY-MM-DD, got {text!r}") from None
+    return (datetime(d.year, d.month, d.day, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days
+
+
+def day_of(ts: np.ndarray) -> np.ndarray:
+    return np.asarray(ts) // SECONDS_PER_DAY
+
+
+def format_day(day: int) -> str:
+    return date.fromordinal(date(1970, 1, 1).toordinal() + int(day)).isoformat()
+
+
+def window_mask(df: pd.DataFrame, start_day: int, end_day: int, what: str) -> np.ndarray:
+    """Rows whose day is in [start_day, end_day]; DataError if the window is empty or inverted."""
+    if end_day < start_day:
+        raise ConfigError(f"{what}: end {format_day(end_day)} is before start {format_day(start_day)}")
+    day = day_of(df["ts"].to_numpy())
+    mask = (day >= start_day) & (day <= end_day)
+    if not mask.any():
+        first, last = format_day(day.min()), format_day(day.max())
+        raise DataError(
+            f"{what} {format_day(start_day)}..{format_day(end_day)} holds no transactions "
+            f"(the data covers {first}..{last})"
+        )
+    return mask
+
+
+def to_arrays(spec: FeatureSpec, df: pd.DataFrame) -> TransactionArrays:
+    """The standard frame -> arrays for ``compute_features`` (file order breaks ties in time)."""
+    return TransactionArrays.from_columns(
+        spec,
+        df["ts"].to_numpy(),
+        df["customer_id"].to_numpy(),
+        df["terminal_id"].to_numpy(),
+        df["amount"].to_numpy(),
+        df["label"].to_numpy() if "label" in df else None,
+    )
