@@ -95,6 +95,12 @@ def _score(args: argparse.Namespace) -> int:
     return score(args.model, args.data, parse_columns(args.columns), args.out)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from fraudlite.pipeline.demo import run_demo
+
+    return run_demo(args.out, args.customers, args.terminals, args.days, args.seed)
+
+
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="simulate a transaction dataset with labelled fraud scenarios")
     p.add_argument("--out", required=True, help="output file; .csv or .parquet by extension")
@@ -135,6 +141,14 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="output CSV (written atomically)")
     p.set_defaults(func=_score)
+
+    p = sub.add_parser("demo", help="run the whole job on generated data and print a results table")
+    p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
+    p.add_argument("--customers", type=int, default=2000, help="customers to simulate (default 2000)")
+    p.add_argument("--terminals", type=int, default=4000, help="terminals to simulate (default 4000)")
+    p.add_argument("--days", type=int, default=120, help="days to simulate (default 120)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.set_defaults(func=_demo)
 
 
 # --- streaming: broker / replay / serve (issue 4) ----------------------------------------------------

@@ -84,7 +84,9 @@ def verify_files(root: Path, manifest: dict) -> None:
     if key is not None:
         signature = manifest.get("signature")
         if not signature or not hmac.compare_digest(signature, _signature(manifest, key)):
-            raise IntegrityError(f"{root / MANIFEST}: HMAC signature missing or invalid ({SIGNING_KEY_ENV} is set)")
+            raise IntegrityError(
+                f"{root / MANIFEST}: HMAC signature missing or invalid ({SIGNING_KEY_ENV} is set)"
+            )
 
 
 @dataclass(frozen=True)

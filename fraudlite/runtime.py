@@ -33,7 +33,9 @@ class OnnxScorer:
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int = 1) -> None:
         source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            source, session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -42,7 +44,9 @@ class OnnxScorer:
         features = np.ascontiguousarray(features, dtype=np.float32)
         if len(features) <= batch_size:
             return self._run(features)
-        return np.concatenate([self._run(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
+        return np.concatenate(
+            [self._run(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+        )
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0].reshape(-1)

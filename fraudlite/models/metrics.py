@@ -87,7 +87,11 @@ def card_precision_at_k(day, card, y, s, k: int = 100) -> float:
         np.maximum.at(card_score, inv, s[m])
         card_fraud = np.zeros(len(cards), dtype=bool)
         np.logical_or.at(card_fraud, inv, y[m] == 1)
-        keep = np.array([c not in detected for c in cards], dtype=bool) if detected else np.ones(len(cards), bool)
+        keep = (
+            np.array([c not in detected for c in cards], dtype=bool)
+            if detected
+            else np.ones(len(cards), bool)
+        )
         cards, card_score, card_fraud = cards[keep], card_score[keep], card_fraud[keep]
         top = np.argsort(-card_score, kind="mergesort")[:k]
         precisions.append(card_fraud[top].sum() / k)
@@ -135,7 +139,9 @@ def choose_thresholds(y, s, alert_precision: float = 0.9) -> tuple[float, float]
     thresholds = np.unique(s_sorted)[::-1]
     precision = tp / (tp + fp)
     recall = tp / y.sum()
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0
+    )
     threshold = float(thresholds[int(np.argmax(f1))])
     ok = np.flatnonzero((precision >= alert_precision) & (thresholds >= threshold))
     alert = float(thresholds[ok[-1]]) if len(ok) else threshold

@@ -38,7 +38,12 @@ def generate(
         raise ConfigError(f"--out: use a .csv or .parquet file name, got {out!r}")
     parse_day(start_date, "--start-date")
     config = SimulatorConfig(
-        n_customers=customers, n_terminals=terminals, n_days=days, start_date=start_date, seed=seed, drift_day=drift_day
+        n_customers=customers,
+        n_terminals=terminals,
+        n_days=days,
+        start_date=start_date,
+        seed=seed,
+        drift_day=drift_day,
     )
     t0 = time.perf_counter()
     df = simulate(config, progress=lambda msg: logger.info("generate: %s", msg))
@@ -47,7 +52,12 @@ def generate(
     n_fraud = int(df["label"].sum())
     logger.info(
         "generate: rows=%d frauds=%d (%.2f%%) seconds=%.1f rate=%.0f tx/s out=%s",
-        len(df), n_fraud, 100 * n_fraud / max(len(df), 1), seconds, len(df) / seconds, out,
+        len(df),
+        n_fraud,
+        100 * n_fraud / max(len(df), 1),
+        seconds,
+        len(df) / seconds,
+        out,
     )
     return 0
 
@@ -85,8 +95,13 @@ def train(
     v = model.manifest["metrics"]["validation"]
     logger.info(
         "train: model=%s version=%s valid AP=%.4f AUC=%.4f CP@100=%.4f threshold=%.4f out=%s",
-        model_type, model.version, v["average_precision"], v["roc_auc"], v["card_precision_at_100"],
-        model.threshold, out,
+        model_type,
+        model.version,
+        v["average_precision"],
+        v["roc_auc"],
+        v["card_precision_at_100"],
+        model.threshold,
+        out,
     )
     return 0
 

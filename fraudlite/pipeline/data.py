@@ -44,7 +44,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"{p}: no such file")
     try:
         if p.suffix.lower() == ".csv":
-            return pd.read_csv(p, dtype={"tx_id": str, "customer_id": str, "terminal_id": str}, low_memory=False)
+            return pd.read_csv(
+                p, dtype={"tx_id": str, "customer_id": str, "terminal_id": str}, low_memory=False
+            )
         return pd.read_parquet(p)
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: cannot be read as {p.suffix[1:].upper()} ({str(e).splitlines()[0]})") from e
@@ -88,7 +90,9 @@ def _resolve_columns(df: pd.DataFrame, columns: dict[str, str] | None, require_l
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(LOGICAL_COLUMNS))
     if unknown:
-        raise ConfigError(f"--columns: unknown logical column(s) {unknown}; known: {', '.join(LOGICAL_COLUMNS)}")
+        raise ConfigError(
+            f"--columns: unknown logical column(s) {unknown}; known: {', '.join(LOGICAL_COLUMNS)}"
+        )
     resolved = {}
     for logical in LOGICAL_COLUMNS:
         source = columns.get(logical, logical)
@@ -165,16 +169,22 @@ def load_transactions(
     amount = pd.to_numeric(amount_src, errors="coerce").astype("float64").to_numpy()
     bad = ~np.isfinite(amount)
     if bad.any():
-        raise DataError(f"column {cols['amount']!r} (amount): missing or non-numeric amounts in {_rows(bad, amount_src)}")
+        raise DataError(
+            f"column {cols['amount']!r} (amount): missing or non-numeric amounts in {_rows(bad, amount_src)}"
+        )
     if (amount < 0).any():
-        raise DataError(f"column {cols['amount']!r} (amount): negative amounts in {_rows(amount < 0, amount_src)}")
+        raise DataError(
+            f"column {cols['amount']!r} (amount): negative amounts in {_rows(amount < 0, amount_src)}"
+        )
     out["amount"] = amount
     if "label" in cols:
         label_src = raw[cols["label"]]
         label = pd.to_numeric(label_src, errors="coerce").to_numpy(dtype="float64")
         bad = ~np.isin(label, (0.0, 1.0))
         if bad.any():
-            raise DataError(f"column {cols['label']!r} (label): labels must be 0 or 1, got {_rows(bad, label_src)}")
+            raise DataError(
+                f"column {cols['label']!r} (label): labels must be 0 or 1, got {_rows(bad, label_src)}"
+            )
         out["label"] = label.astype(np.int8)
     dup = out["tx_id"].duplicated(keep="first").to_numpy()
     if dup.any():

@@ -42,11 +42,18 @@ def known_fraud_mask(df: pd.DataFrame, delay_days: int) -> np.ndarray:
 def evaluate_scores(df: pd.DataFrame, scores: np.ndarray, mask: np.ndarray, k: int = 100) -> dict:
     """Headline metrics over the rows in ``mask``."""
     y = df["label"].to_numpy()[mask]
-    return fraud_metrics(day_of(df["ts"].to_numpy()[mask]), df["customer_id"].to_numpy()[mask], y, scores[mask], k=k)
+    return fraud_metrics(
+        day_of(df["ts"].to_numpy()[mask]), df["customer_id"].to_numpy()[mask], y, scores[mask], k=k
+    )
 
 
 def evaluate_window(
-    model: ModelDir, df: pd.DataFrame, start_day: int, end_day: int, k: int = 100, scores: np.ndarray | None = None
+    model: ModelDir,
+    df: pd.DataFrame,
+    start_day: int,
+    end_day: int,
+    k: int = 100,
+    scores: np.ndarray | None = None,
 ) -> dict:
     """Fair metrics of ``model`` on days [start_day, end_day] (known-compromised cards excluded).
 
@@ -72,4 +79,3 @@ def evaluate_window(
         model_version=model.version,
     )
     return result
-

@@ -43,13 +43,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"--model-type: expected one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
+            raise ConfigError(
+                f"--model-type: expected one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}"
+            )
         if self.train_end_day < self.train_start_day:
             raise ConfigError(
                 f"--train-end {format_day(self.train_end_day)} is before --train-start {format_day(self.train_start_day)}"
             )
         if self.delay_days < 1:
-            raise ConfigError(f"--delay-days must be >= 1 (labels of the same day are never known), got {self.delay_days}")
+            raise ConfigError(
+                f"--delay-days must be >= 1 (labels of the same day are never known), got {self.delay_days}"
+            )
         if self.valid_days < 1:
             raise ConfigError(f"--valid-days must be >= 1, got {self.valid_days}")
         if (self.valid_start_day is None) != (self.valid_end_day is None):
@@ -189,11 +193,19 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
 
 
 def _normalization(X: np.ndarray) -> dict:
-    return {"mean": X.mean(axis=0, dtype=np.float64).tolist(), "std": X.std(axis=0, dtype=np.float64).tolist()}
+    return {
+        "mean": X.mean(axis=0, dtype=np.float64).tolist(),
+        "std": X.std(axis=0, dtype=np.float64).tolist(),
+    }
 
 
 def write_trained_model(
-    out: str | Path, onnx_bytes: bytes, spec: FeatureSpec, normalization: dict, write_weights, manifest: dict,
+    out: str | Path,
+    onnx_bytes: bytes,
+    spec: FeatureSpec,
+    normalization: dict,
+    write_weights,
+    manifest: dict,
     extra_files=None,
 ) -> ModelDir:
     """Write a model directory: ONNX, spec, optional weights, metrics report, manifest.
@@ -203,7 +215,9 @@ def write_trained_model(
 
     def write(tmp: Path) -> dict[str, str]:
         (tmp / ONNX_FILE).write_bytes(onnx_bytes)
-        (tmp / SPEC_FILE).write_text(json.dumps({"spec": spec.to_dict(), "normalization": normalization}, indent=2))
+        (tmp / SPEC_FILE).write_text(
+            json.dumps({"spec": spec.to_dict(), "normalization": normalization}, indent=2)
+        )
         (tmp / METRICS_FILE).write_text(json.dumps(manifest.get("metrics", {}), indent=2))
         roles = {ONNX_FILE: "onnx", SPEC_FILE: "spec", METRICS_FILE: "report"}
         if write_weights is not None:

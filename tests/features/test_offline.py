@@ -13,7 +13,9 @@ T0 = 20_000 * DAY  # a Monday-ish epoch day far from 0
 
 
 def _features(spec, ts, cust, term, amount, label=None):
-    tx = TransactionArrays.from_columns(spec, np.array(ts), np.array(cust), np.array(term), np.array(amount), label)
+    tx = TransactionArrays.from_columns(
+        spec, np.array(ts), np.array(cust), np.array(term), np.array(amount), label
+    )
     return dict(zip(spec.names, compute_features(spec, tx).T, strict=True))
 
 
@@ -33,8 +35,12 @@ def test_velocity_gap_and_new_terminal():
     spec = FeatureSpec(velocity_seconds=3600, velocity_cap=3)
     ts = [T0, T0 + 100, T0 + 200, T0 + 300, T0 + 4000]
     f = _features(spec, ts, ["a"] * 5, ["t1", "t1", "t2", "t1", "t2"], [1.0] * 5)
-    np.testing.assert_allclose(f["customer_nb_tx_1h"], [1, 2, 3, 3, 1])  # capped at 3; 4000-3600=400 > 300: none
-    np.testing.assert_allclose(f["customer_log_seconds_since_prev"][1:], np.log1p([100, 100, 100, 3700]), rtol=1e-6)
+    np.testing.assert_allclose(
+        f["customer_nb_tx_1h"], [1, 2, 3, 3, 1]
+    )  # capped at 3; 4000-3600=400 > 300: none
+    np.testing.assert_allclose(
+        f["customer_log_seconds_since_prev"][1:], np.log1p([100, 100, 100, 3700]), rtol=1e-6
+    )
     np.testing.assert_allclose(f["customer_new_terminal"], [1, 0, 1, 0, 0])
 
 
@@ -58,7 +64,9 @@ def test_other_entities_never_mix():
 
 def test_empty_input_and_shape():
     spec = FeatureSpec()
-    tx = TransactionArrays.from_columns(spec, np.array([], dtype=np.int64), np.array([]), np.array([]), np.array([]))
+    tx = TransactionArrays.from_columns(
+        spec, np.array([], dtype=np.int64), np.array([]), np.array([]), np.array([])
+    )
     assert compute_features(spec, tx).shape == (0, spec.n_features)
 
 
