@@ -106,13 +106,24 @@ def train(
     return 0
 
 
-def evaluate(model: str, data: str, columns: dict[str, str], start: str, end: str, k: int = 100) -> int:
+def evaluate(
+    model: str,
+    data: str,
+    columns: dict[str, str],
+    start: str,
+    end: str,
+    k: int = 100,
+    known_fraud_days: int = 28,
+) -> int:
     """Print one JSON object of fair metrics on [start, end]."""
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
     md = ModelDir.load(model)
     df = load_transactions(data, columns, require_label=True)
-    result = evaluate_window(md, df, parse_day(start, "--start"), parse_day(end, "--end"), k=k)
+    if known_fraud_days < 0:
+        raise ConfigError(f"--known-fraud-days must be >= 0, got {known_fraud_days}")
+    start_day, end_day = parse_day(start, "--start"), parse_day(end, "--end")
+    result = evaluate_window(md, df, start_day, end_day, k=k, known_fraud_days=known_fraud_days)
     print(json.dumps(result))
     return 0
 

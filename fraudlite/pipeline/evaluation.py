@@ -28,15 +28,26 @@ def score_frame(model: ModelDir, df: pd.DataFrame, features: np.ndarray | None =
     return OnnxScorer(model.onnx_path).score(features)
 
 
-def known_fraud_mask(df: pd.DataFrame, delay_days: int) -> np.ndarray:
-    """Rows of cards whose fraud was already known: a fraud label on the card at least ``delay_days`` old.
+def known_fraud_mask(df: pd.DataFrame, delay_days: int, horizon_days: int = 28) -> np.ndarray:
+    """Rows of cards whose fraud was already known: a fraud label on the card at least ``delay_days`` old
+    and at most ``horizon_days`` older than that.
 
     Such cards are blocked in practice, so scoring them again flatters a model; fair evaluation drops them.
+    After the horizon the card counts as reissued (else, over months, nearly every card touched by a
+    compromised terminal would leave the evaluation).
     """
+    if horizon_days <= 0:
+        return np.zeros(len(df), dtype=bool)
     day = day_of(df["ts"].to_numpy())
-    fraud_days = pd.Series(np.where(df["label"].to_numpy() == 1, day, np.iinfo(np.int64).max))
-    first_fraud = fraud_days.groupby(df["customer_id"].to_numpy()).transform("min").to_numpy()
-    return day >= first_fraud + delay_days
+    customer = pd.factorize(df["customer_id"])[0].astype(np.int64)
+    fraud = df["label"].to_numpy() == 1
+    span = int(day.max()) + 2
+    fraud_keys = np.sort(customer[fraud] * span + day[fraud])
+    known_until = day - delay_days  # frauds on or before this day are known
+    pos = np.searchsorted(fraud_keys, customer * span + np.maximum(known_until, -1), side="right") - 1
+    last = fraud_keys[np.maximum(pos, 0)] if len(fraud_keys) else np.zeros(len(df), dtype=np.int64)
+    same_card = (pos >= 0) & (last // span == customer)
+    return same_card & (known_until - last % span < horizon_days)
 
 
 def evaluate_scores(df: pd.DataFrame, scores: np.ndarray, mask: np.ndarray, k: int = 100) -> dict:
@@ -54,14 +65,16 @@ def evaluate_window(
     end_day: int,
     k: int = 100,
     scores: np.ndarray | None = None,
+    known_fraud_days: int = 28,
 ) -> dict:
-    """Fair metrics of ``model`` on days [start_day, end_day] (known-compromised cards excluded).
+    """Fair metrics of ``model`` on days [start_day, end_day] (known-compromised cards excluded, see
+    :func:`known_fraud_mask`).
 
     Raises:
         DataError: empty window, or a window without both classes.
     """
     window = window_mask(df, start_day, end_day, "evaluation window")
-    known = known_fraud_mask(df, model.spec.delay_days)
+    known = known_fraud_mask(df, model.spec.delay_days, known_fraud_days)
     mask = window & ~known
     y = df["label"].to_numpy()[mask]
     if y.sum() == 0 or y.sum() == len(y):

@@ -154,7 +154,7 @@ def _fit(data: TrainingData, config: TrainConfig):
         if config.max_epochs is not None:
             overrides["max_epochs"] = config.max_epochs
         mlp_config = type(mlp_config)(**{**asdict(mlp_config), **overrides})
-        model, _history = train_mlp(Xt, yt, Xv, yv, mlp_config, progress=lambda msg: logger.info("%s", msg))
+        model, _history = train_mlp(Xt, yt, Xv, yv, mlp_config)  # logs one progress line per epoch
         onnx_bytes = export_mlp(model)
         return onnx_bytes, (lambda path: save_mlp(model, path)), OnnxScorer(onnx_bytes).score(Xv)
     model = train_baseline(config.model_type, Xt, yt, Xv, yv, seed=config.seed)

@@ -1,0 +1,65 @@
+"""`make bench`: run every benchmark section and write benchmarks/RESULTS.md.
+
+Each section is a module in this folder with ``run(workdir: Path) -> str`` returning markdown. Sections
+measure ratios within one run (A vs B on the same machine and data): absolute times on shared 2-core
+machines are noise. ``--only NAME`` runs some sections and keeps the others' last results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import re
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+SECTIONS = ["bench_foundation", "bench_compression", "bench_state", "bench_streaming"]
+MARK = "<!-- section: {} -->"
+
+
+def _existing_sections() -> dict[str, str]:
+    if not RESULTS.exists():
+        return {}
+    parts = re.split(r"<!-- section: (\w+) -->\n", RESULTS.read_text())
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", help="section names to run (default: all that exist)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE))
+    available = [s for s in SECTIONS if (HERE / f"{s}.py").exists()]
+    chosen = args.only or available
+    results = _existing_sections()
+    with tempfile.TemporaryDirectory(prefix="fraudlite-bench-") as tmp:
+        for name in chosen:
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            module = importlib.import_module(name)
+            results[name] = module.run(Path(tmp) / name).rstrip() + "\n\n"
+            print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+            _write(results)
+    return 0
+
+
+def _write(results: dict[str, str]) -> None:
+    head = (
+        "# Benchmark results\n\n"
+        f"Written by `make bench` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}). Reproduce one section with "
+        "`.venv/bin/python benchmarks/run.py --only SECTION`.\n\n"
+    )
+    body = "".join(MARK.format(name) + "\n" + results[name] for name in SECTIONS if name in results)
+    RESULTS.write_text(head + body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
