@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install tools demo test bench lint format clean
 
 install: $(STAMP)
 
@@ -15,10 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[train,broker,dev]'
 	touch $(STAMP)
 
+# promtool + prometheus for tests/deploy (Debian package `prometheus`); its service is never started.
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 demo: install
 	$(PY) -m fraudlite demo
 
-test: install
+test: install tools
 	$(PY) -m pytest -q
 
 bench: install

@@ -33,7 +33,9 @@ def _time(fn, repeat: int = 3):
 def _peak_rss_train(workdir: Path, n_customers: int, n_days: int) -> dict:
     """Train in a child process on a large dataset; report its peak RSS (ru_maxrss)."""
     data = workdir / "large.parquet"
-    write_table(simulate(SimulatorConfig(n_customers=n_customers, n_terminals=2 * n_customers, n_days=n_days)), data)
+    write_table(
+        simulate(SimulatorConfig(n_customers=n_customers, n_terminals=2 * n_customers, n_days=n_days)), data
+    )
     code = f"""
 import json, resource, time
 import numpy as np
@@ -60,7 +62,9 @@ def run(workdir: Path) -> str:
     lines = ["## Foundation (issue 2)", ""]
 
     df_1m, sim_s = _time(lambda: simulate(SimulatorConfig(n_customers=2800, n_terminals=5600, n_days=180)), 1)
-    lines.append(f"- Simulator: {len(df_1m):,} transactions in {sim_s:.1f} s = **{len(df_1m) / sim_s:,.0f} tx/s** (target: 1M in <= 60 s).")
+    lines.append(
+        f"- Simulator: {len(df_1m):,} transactions in {sim_s:.1f} s = **{len(df_1m) / sim_s:,.0f} tx/s** (target: 1M in <= 60 s)."
+    )
 
     data = workdir / "default.parquet"
     write_table(simulate(DEFAULT), data)

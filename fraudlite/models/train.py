@@ -2,7 +2,8 @@
 
 Memory: features stay in the caller's float32 numpy arrays. Each step gathers one batch by index
 (``X[idx]``, batch-sized) and wraps it with ``torch.from_numpy``; stats are computed chunk by chunk.
-Nothing makes a full copy of ``X``.
+Nothing makes a full copy of ``X``. ``train_rows``/``valid_rows`` select the training and validation
+rows of one shared feature matrix, so callers need not copy ``X[mask]`` either.
 
 Determinism: ``torch.manual_seed(seed)`` before weight init and the loop (dropout), a seeded
 ``torch.Generator`` for the per-epoch permutation, a fixed thread count: same inputs -> same weights.
@@ -47,12 +48,15 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Hook = Callable[[nn.Module], None]
 
 
-def standardization_stats(X: np.ndarray, chunk_rows: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+def standardization_stats(
+    X: np.ndarray, chunk_rows: int = 65_536, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and std (population), float32, in float64 chunks (no full copy of ``X``).
 
     Args:
         X: [N, F] features.
         chunk_rows: rows per chunk (bounds the temporary memory).
+        rows: only these rows (integer indices or a boolean mask); default all.
 
     Returns:
         ``(mean, std)`` float32 [F]; a constant column gets std 1.
@@ -60,13 +64,16 @@ def standardization_stats(X: np.ndarray, chunk_rows: int = 65_536) -> tuple[np.n
     Raises:
         DataError: when ``X`` is empty or holds NaN/inf.
     """
-    if X.ndim != 2 or len(X) == 0:
-        raise DataError(f"expected a non-empty [rows, features] matrix, got shape {X.shape}")
+    rows = _as_rows(rows, len(X), "rows")
+    n_rows = len(X) if rows is None else len(rows)
+    if X.ndim != 2 or n_rows == 0:
+        raise DataError(f"expected a non-empty [rows, features] matrix, got shape {X.shape} ({n_rows} rows)")
     n = 0
     mean = np.zeros(X.shape[1])
     m2 = np.zeros(X.shape[1])
-    for start in range(0, len(X), chunk_rows):
-        chunk = X[start : start + chunk_rows].astype(np.float64)
+    for start in range(0, n_rows, chunk_rows):
+        part = X[start : start + chunk_rows] if rows is None else X[rows[start : start + chunk_rows]]
+        chunk = part.astype(np.float64)
         if not np.isfinite(chunk).all():
             bad = np.flatnonzero(~np.isfinite(chunk).all(axis=0))
             raise DataError(f"features contain NaN or infinite values (columns {bad.tolist()})")
@@ -120,22 +127,32 @@ def classification_loss(config: MLPConfig, pos_weight: float) -> LossFn:
     return bce if config.loss == "bce" else focal
 
 
-def predict_logits(model: nn.Module, X: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
-    """Model outputs (logits) float32 [N] in eval mode, batch by batch; restores the previous mode."""
+def predict_logits(
+    model: nn.Module, X: np.ndarray, batch_size: int = 65_536, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Model outputs (logits) float32 [N] in eval mode, batch by batch; restores the previous mode.
+
+    ``rows`` (indices or boolean mask) scores only those rows, in that order.
+    """
+    rows = _as_rows(rows, len(X), "rows")
+    n = len(X) if rows is None else len(rows)
     was_training = model.training
     model.eval()
-    out = np.empty(len(X), dtype=np.float32)
+    out = np.empty(n, dtype=np.float32)
     with torch.no_grad():
-        for start in range(0, len(X), batch_size):
-            batch = np.ascontiguousarray(X[start : start + batch_size], dtype=np.float32)
+        for start in range(0, n, batch_size):
+            part = X[start : start + batch_size] if rows is None else X[rows[start : start + batch_size]]
+            batch = np.ascontiguousarray(part, dtype=np.float32)
             out[start : start + len(batch)] = model(torch.from_numpy(batch)).reshape(-1).numpy()
     model.train(was_training)
     return out
 
 
-def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
+def predict_proba(
+    model: nn.Module, X: np.ndarray, batch_size: int = 65_536, rows: np.ndarray | None = None
+) -> np.ndarray:
     """Fraud probabilities float32 [N] (sigmoid of :func:`predict_logits`)."""
-    logits = predict_logits(model, X, batch_size)
+    logits = predict_logits(model, X, batch_size, rows)
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
@@ -154,6 +171,8 @@ def run_training(
     after_backward: Hook | None = None,
     after_step: Hook | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
+    train_rows: np.ndarray | None = None,
+    valid_rows: np.ndarray | None = None,
 ) -> list[dict]:
     """Train ``model`` in place with AdamW, early stopping on validation AP, best weights restored.
 
@@ -172,6 +191,8 @@ def run_training(
         after_backward: called after ``loss.backward()`` (e.g. mask or pool gradients).
         after_step: called after each optimizer step (e.g. re-apply pruning masks).
         evaluate: validation score to maximize; default average precision on ``X_valid``.
+        train_rows, valid_rows: use only these rows (indices or boolean masks) of ``X_train`` /
+            ``X_valid``, which may then be the same full matrix (no ``X[mask]`` copies).
 
     Returns:
         History: one dict per epoch with ``epoch, loss, val_ap, lr, seconds, rows_per_s, best``.
@@ -180,11 +201,12 @@ def run_training(
         DataError: on mismatched shapes or a validation set without both classes.
     """
     config = config or MLPConfig()
-    _check_xy(X_train, y_train, "training")
+    train_rows = _check_xy(X_train, y_train, "training", train_rows)
     if evaluate is None and X_valid is not None:
-        _check_xy(X_valid, y_valid, "validation")
-        default_pos_weight(y_valid)  # both classes present, or AP is meaningless
-        evaluate = _ap_evaluator(X_valid, y_valid)
+        valid_rows = _check_xy(X_valid, y_valid, "validation", valid_rows)
+        if X_valid.shape[1] != X_train.shape[1]:
+            raise DataError(f"validation has {X_valid.shape[1]} features, training has {X_train.shape[1]}")
+        evaluate = _ap_evaluator(X_valid, y_valid, valid_rows)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -194,12 +216,13 @@ def run_training(
             loss_fn,
             X_train,
             y_train,
+            train_rows,
             config,
-            progress,
-            parameters,
-            after_backward,
-            after_step,
             evaluate,
+            progress=progress,
+            parameters=parameters,
+            after_backward=after_backward,
+            after_step=after_step,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -213,6 +236,8 @@ def train_mlp(
     config: MLPConfig | None = None,
     progress: Callable[[str], None] | None = None,
     threads: int | None = 1,
+    train_rows: np.ndarray | None = None,
+    valid_rows: np.ndarray | None = None,
 ) -> tuple[FraudMLP, list[dict]]:
     """Train a :class:`FraudMLP` on raw float32 features (stats from train, imbalance-weighted loss).
 
@@ -222,6 +247,8 @@ def train_mlp(
         config: architecture and training settings (default ``MLPConfig()``).
         progress: per-epoch progress callback (see :func:`run_training`).
         threads: torch intra-op threads (default 1, see :func:`run_training`; None = unchanged).
+        train_rows, valid_rows: row subsets (indices or boolean masks) of ``X_train`` / ``X_valid``;
+            pass one full feature matrix twice with both to train without copying it.
 
     Returns:
         ``(model, history)``: the best-epoch model in eval mode and the per-epoch history.
@@ -230,16 +257,26 @@ def train_mlp(
         DataError: on bad shapes, NaN/inf features or a single-class train/validation set.
     """
     config = config or MLPConfig()
-    _check_xy(X_train, y_train, "training")
-    balanced = default_pos_weight(y_train)  # also checks that both classes are present
+    train_rows = _check_xy(X_train, y_train, "training", train_rows)
+    y_fit = y_train if train_rows is None else y_train[train_rows]
+    balanced = default_pos_weight(y_fit)  # also checks that both classes are present
     pos_weight = config.pos_weight if config.pos_weight is not None else balanced
-    mean, std = standardization_stats(X_train)
+    mean, std = standardization_stats(X_train, rows=train_rows)
     torch.manual_seed(config.seed)
     model = FraudMLP(X_train.shape[1], config, mean, std)
-    _init_output_bias(model, float(np.count_nonzero(y_train)) / len(y_train), pos_weight)
-    loss_fn = classification_loss(config, pos_weight)
+    _init_output_bias(model, float(np.count_nonzero(y_fit)) / len(y_fit), pos_weight)
     history = run_training(
-        model, loss_fn, X_train, y_train, X_valid, y_valid, config, progress=progress, threads=threads
+        model,
+        classification_loss(config, pos_weight),
+        X_train,
+        y_train,
+        X_valid,
+        y_valid,
+        config,
+        progress=progress,
+        threads=threads,
+        train_rows=train_rows,
+        valid_rows=valid_rows,
     )
     return model.eval(), history
 
@@ -251,18 +288,51 @@ def _init_output_bias(model: FraudMLP, prior: float, pos_weight: float) -> None:
         model.layers[-1].bias.fill_(math.log(max(odds, 1e-12)))
 
 
-def _check_xy(X: np.ndarray | None, y: np.ndarray | None, what: str) -> None:
+def _check_xy(
+    X: np.ndarray | None, y: np.ndarray | None, what: str, rows: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Validate a (features, labels[, rows]) triple; returns the rows as int64 indices or None."""
     if X is None or y is None:
         raise DataError(f"{what} features and labels are both required")
     if X.ndim != 2 or len(X) == 0:
         raise DataError(f"{what} features must be a non-empty [rows, features] matrix, got shape {X.shape}")
     if len(y) != len(X):
         raise DataError(f"{what} features have {len(X)} rows but labels have {len(y)}")
+    rows = _as_rows(rows, len(X), f"{what} rows")
+    if rows is not None and len(rows) == 0:
+        raise DataError(f"{what} rows select nothing")
+    return rows
 
 
-def _ap_evaluator(X_valid: np.ndarray, y_valid: np.ndarray) -> Callable[[nn.Module], float]:
+def _as_rows(rows: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+    """None, a boolean mask of length ``n`` or integer indices -> None or int64 indices in range."""
+    if rows is None:
+        return None
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise DataError(f"{what}: boolean mask of length {rows.size} for {n} rows")
+        return np.flatnonzero(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise DataError(
+            f"{what}: expected integer row indices or a boolean mask, got {rows.dtype} {rows.shape}"
+        )
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise DataError(f"{what}: indices out of range for {n} rows")
+    return rows.astype(np.int64, copy=False)
+
+
+def _ap_evaluator(
+    X_valid: np.ndarray, y_valid: np.ndarray, rows: np.ndarray | None
+) -> Callable[[nn.Module], float]:
+    y = np.asarray(y_valid if rows is None else y_valid[rows])
+    default_pos_weight(y)  # both classes present, or AP is meaningless
+
     def evaluate(model: nn.Module) -> float:
-        return float(average_precision_score(y_valid, predict_logits(model, X_valid)))
+        logits = predict_logits(model, X_valid, rows=rows)
+        if not np.isfinite(logits).all():  # diverged: never "best", patience ends the run
+            return math.nan
+        return float(average_precision_score(y, logits))
 
     return evaluate
 
@@ -288,18 +358,20 @@ def _loop(
     loss_fn: LossFn,
     X: np.ndarray,
     y: np.ndarray,
+    rows: np.ndarray | None,
     config: MLPConfig,
+    evaluate: Callable[[nn.Module], float] | None,
+    *,
     progress: Callable[[str], None] | None,
     parameters: Iterable[nn.Parameter] | None,
     after_backward: Hook | None,
     after_step: Hook | None,
-    evaluate: Callable[[nn.Module], float] | None,
 ) -> list[dict]:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    n, bs = len(X), config.batch_size
+    n, bs = (len(X) if rows is None else len(rows)), config.batch_size
     steps_per_epoch = max(1, math.ceil(n / bs))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = []
@@ -311,7 +383,8 @@ def _loop(
         perm = torch.randperm(n, generator=generator).numpy()
         total_loss = 0.0
         for start in range(0, n, bs):
-            idx = np.sort(perm[start : start + bs])
+            idx = perm[start : start + bs] if rows is None else rows[perm[start : start + bs]]
+            idx = np.sort(idx)  # same batch, friendlier memory access
             batch_x = torch.from_numpy(np.ascontiguousarray(X[idx], dtype=np.float32))
             batch_y = torch.from_numpy(np.asarray(y[idx], dtype=np.float32))
             optimizer.zero_grad(set_to_none=True)
@@ -370,6 +443,7 @@ def _report(
         f"epoch {epoch}/{config.max_epochs} loss={record['loss']:.5f} val_ap={val} "
         f"{record['rows_per_s']:,.0f} rows/s eta<={eta:.0f}s"
     )
-    logger.info(msg)
     if progress is not None:
         progress(msg)
+    else:
+        logger.info("%s", msg)

@@ -1,1 +1,34 @@
-"""fraudlite.streaming."""
+"""fraudlite.streaming: Kafka in, decisions out.
+
+``fraudlite serve`` = ``serve.run_serve(ServeConfig)``; ``fraudlite broker`` = ``broker.run_broker``;
+``fraudlite replay`` = ``replay.replay``. Names are imported lazily so that ``import fraudlite.streaming``
+costs nothing and never pulls in a heavy dependency (replay loads pandas only when it runs).
+
+Modules, one concept each: ``config`` (settings), ``decode`` (batch decoding + validation), ``sync``
+(event-time lockstep of partitions), ``terminal_feed`` (global terminal table), ``state_store``
+(changelog of customer state), ``outputs`` (decision/DLQ encoding), ``metrics`` (Prometheus),
+``reload`` (model loading and hot reload), ``kafka_io`` (thin kafka-python adapters), ``scorer``
+(the consumer-group member), ``serve`` (the command), ``broker`` and ``replay``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["ServeConfig", "Scorer", "make_scorer", "run_serve", "EmbeddedBroker", "replay"]
+
+_LAZY = {
+    "ServeConfig": "fraudlite.streaming.config",
+    "Scorer": "fraudlite.streaming.scorer",
+    "make_scorer": "fraudlite.streaming.serve",
+    "run_serve": "fraudlite.streaming.serve",
+    "EmbeddedBroker": "fraudlite.streaming.broker",
+    "replay": "fraudlite.streaming.replay",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fraudlite.streaming' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

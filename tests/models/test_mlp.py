@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +150,15 @@ def test_load_rejects_foreign_and_missing_files(tmp_path):
     garbage.write_bytes(b"\x00" * 3)
     with pytest.raises(ModelDirError):
         load_mlp(garbage)
+
+
+def test_package_exports_lazily_and_metrics_stay_torch_free():
+    import fraudlite.models as models
+
+    assert all(getattr(models, name) is not None for name in models.__all__)
+    code = (
+        "import sys, fraudlite.models.metrics; "
+        "print(sorted(m for m in ('torch', 'sklearn', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

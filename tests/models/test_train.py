@@ -205,3 +205,43 @@ def test_bad_training_data_is_a_data_error(bad):
         Xt[0, 0] = np.inf
     with pytest.raises(DataError):
         train_mlp(Xt, yt, Xv, yv, MLPConfig(max_epochs=1))
+
+
+def test_diverged_training_stops_on_patience_instead_of_crashing():
+    Xt, yt, Xv, yv = _split()
+
+    class Diverged(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0] * self.w * float("nan")
+
+    loss_fn = classification_loss(MLPConfig(), 1.0)
+    history = run_training(Diverged(), loss_fn, Xt, yt, Xv, yv, MLPConfig(max_epochs=10, patience=2))
+    assert len(history) == 2
+    assert all(np.isnan(h["val_ap"]) and not h["best"] for h in history)
+
+
+def test_row_subsets_of_one_matrix_train_exactly_like_copies():
+    X, y = _data()
+    rng = np.random.default_rng(5)
+    train = rng.random(len(X)) < 0.7
+    valid = ~train
+    config = MLPConfig(hidden=(8,), batch_size=256, max_epochs=2)
+    copied, h1 = train_mlp(X[train], y[train], X[valid], y[valid], config)
+    subset, h2 = train_mlp(X, y, X, y, config, train_rows=train, valid_rows=np.flatnonzero(valid))
+    for key, value in copied.state_dict().items():
+        assert torch.equal(value, subset.state_dict()[key]), key
+    assert [h["val_ap"] for h in h1] == [h["val_ap"] for h in h2]
+    np.testing.assert_array_equal(predict_logits(copied, X[valid]), predict_logits(subset, X, rows=valid))
+
+
+@pytest.mark.parametrize(
+    "rows", [np.array([0, 5000]), np.array([-1]), np.ones(10, bool), np.array([0.5]), []]
+)
+def test_bad_row_subsets_are_data_errors(rows):
+    X, y = _data()
+    with pytest.raises(DataError):
+        train_mlp(X, y, X, y, MLPConfig(max_epochs=1), train_rows=np.asarray(rows))

@@ -1,0 +1,499 @@
+"""Weight sharing (Han et al. 2016): per-layer 1-D k-means of the surviving weights, then fine-tuning
+of the centroids, sparsity kept.
+
+- :func:`compute_codebook`: Lloyd's k-means on the kept weights of one layer with linear initialization
+  over ``[min, max]`` (Han et al. found it best: it keeps the rare large weights), centroids sorted
+  ascending, empty clusters dropped (so a codebook may hold fewer than ``k`` entries), pruned entries
+  excluded (their index is 0 and their weight stays exactly 0).
+- Fine-tuning: each clustered layer's weight becomes a function of its centroids,
+  ``W = centroids[indices] * mask`` (a ``torch.nn.utils.parametrize`` parametrization), so the gradient
+  of a centroid is the sum of the gradients of the weights it represents and only centroids (and
+  biases) train. Sparsity and the cluster assignment never change.
+- ``half_precision`` (default on) rounds centroids, biases and the standardization stats to
+  float16-representable float32 values after fine-tuning, so an encoder may store them in 16 bits
+  losslessly; the effect on scores is ~1e-3 relative.
+- ``pow2_stats`` (default on) first reparametrizes the standardization exactly
+  (:func:`pow2_standardization`): mean 0 and each std a power of two, the difference folded into
+  layer 0 (column scaling keeps its zeros). An encoder then needs a flag and a small exponent per
+  feature instead of two floats.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fraudlite.compression.prune import _ap, _check_training, _model, _teacher, _train, mask_hooks
+from fraudlite.compression.state import Codebook, CompressedMLP, StageData, stage_record
+from fraudlite.errors import ConfigError
+
+__all__ = [
+    "ClusterConfig",
+    "compute_codebook",
+    "compute_codebooks",
+    "fisher_diagonal",
+    "apply_clustering",
+    "clustered_parametrization",
+    "finetune_centroids",
+    "round_half",
+    "pow2_standardization",
+    "cluster_stage",
+]
+
+logger = logging.getLogger(__name__)
+
+_INITS = ("linear", "density")
+_WEIGHTINGS = ("none", "fisher")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Per-layer weight sharing.
+
+    Attributes:
+        k: clusters per layer (16 -> 4-bit indices); at most 256.
+        per_layer_k: ``{layer index: k}`` overrides.
+        init: ``"linear"`` (over [min, max], default) or ``"density"`` (quantiles).
+        weighting: ``"none"`` or ``"fisher"`` (importance-weighted centroids, see :func:`fisher_diagonal`).
+        max_iter: Lloyd iterations.
+        finetune_epochs: centroid fine-tuning epochs, early-stopped on validation AP (0 = none).
+        train_biases: fine-tune biases together with the centroids.
+        half_precision: round centroids, biases and stats to float16-representable values.
+        pow2_stats: reparametrize the stats to mean 0 and power-of-two std before clustering.
+        lr, weight_decay, batch_size, patience, dropout, seed: fine-tuning settings.
+        kd_alpha, kd_temperature: knowledge distillation from the unclustered model while fine-tuning.
+    """
+
+    k: int = 16
+    per_layer_k: dict[int, int] | None = None
+    init: str = "linear"
+    weighting: str = "none"
+    max_iter: int = 100
+    finetune_epochs: int = 5
+    train_biases: bool = True
+    half_precision: bool = True
+    pow2_stats: bool = True
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    patience: int = 2
+    dropout: float = 0.0
+    kd_alpha: float = 0.0
+    kd_temperature: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_k(self.k, "k")
+        if self.per_layer_k is not None:
+            if not isinstance(self.per_layer_k, dict):
+                raise ConfigError(f"per_layer_k must be a table {{layer index: k}}, got {self.per_layer_k!r}")
+            parsed = {}
+            for key, k in self.per_layer_k.items():
+                try:
+                    i = int(key)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"per_layer_k: bad layer index {key!r}") from exc
+                if i < 0:
+                    raise ConfigError(f"per_layer_k: bad layer index {key!r}")
+                parsed[i] = _check_k(k, f"per_layer_k[{key}]")
+            object.__setattr__(self, "per_layer_k", parsed)
+        if self.init not in _INITS:
+            raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {self.init!r}")
+        if self.weighting not in _WEIGHTINGS:
+            raise ConfigError(f"weighting must be one of {', '.join(_WEIGHTINGS)}, got {self.weighting!r}")
+        if int(self.max_iter) < 1:
+            raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
+        if int(self.finetune_epochs) < 0:
+            raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check_training(self)
+
+    def k_for(self, layer: int) -> int:
+        return (self.per_layer_k or {}).get(layer, self.k)
+
+
+def _check_k(k: object, name: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= 256:
+        raise ConfigError(f"{name} must be an integer in 1..256, got {k!r}")
+    return int(k)
+
+
+# ---------------------------------------------------------------------------- pure k-means
+
+
+def compute_codebook(
+    weights: np.ndarray,
+    mask: np.ndarray | None,
+    k: int,
+    init: str = "linear",
+    max_iter: int = 100,
+    importance: np.ndarray | None = None,
+) -> Codebook:
+    """1-D k-means of the kept weights of one layer.
+
+    Args:
+        weights: W [out, in] (any shape).
+        mask: bool keep-mask shaped like ``weights`` or None (every entry kept).
+        k: maximum number of clusters (1..256).
+        init: ``"linear"`` or ``"density"``.
+        max_iter: Lloyd iterations (stops earlier once the assignment is stable).
+        importance: optional non-negative weight per entry (e.g. :func:`fisher_diagonal`): centroids
+            become importance-weighted means (Choi et al. 2017, Hessian-weighted k-means).
+
+    Returns:
+        ``(centroids float32 [<= k] ascending, indices uint8 shaped like weights)``; indices of pruned
+        entries are 0. When the kept weights hold <= k distinct values the codebook is exact.
+
+    Raises:
+        ConfigError: on a bad ``k``/``init`` or a mask of the wrong shape.
+    """
+    k = _check_k(k, "k")
+    if init not in _INITS:
+        raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
+    w = np.asarray(weights, dtype=np.float32)
+    keep = np.ones(w.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != w.shape:
+        raise ConfigError(f"mask shape {keep.shape} != weights shape {w.shape}")
+    vals = w[keep]
+    indices = np.zeros(w.shape, dtype=np.uint8)
+    if vals.size == 0:
+        return np.zeros(1, dtype=np.float32), indices
+    uniq = np.unique(vals)
+    if uniq.size <= k:
+        centroids = uniq.astype(np.float32)
+    else:
+        imp = None
+        if importance is not None:
+            imp = np.asarray(importance, dtype=np.float64)
+            if imp.shape != w.shape or not np.all(np.isfinite(imp)) or np.any(imp < 0):
+                raise ConfigError("importance must be finite, non-negative and shaped like the weights")
+            imp = imp[keep]
+            imp = imp + 1e-3 * imp.mean() + 1e-30  # every weight counts a little
+        centroids = _lloyd(vals.astype(np.float64), k, init, int(max_iter), imp)
+    indices[keep] = _assign(vals, centroids).astype(np.uint8)
+    return centroids, indices
+
+
+def _lloyd(
+    vals: np.ndarray, k: int, init: str, max_iter: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+    if init == "linear":
+        c = np.linspace(vals.min(), vals.max(), k)
+    else:
+        c = np.quantile(vals, (np.arange(k) + 0.5) / k)
+    c = np.unique(c)
+    sort = np.argsort(vals, kind="stable")
+    order = vals[sort]
+    wts = np.ones_like(order) if weights is None else weights[sort]
+    prev = None
+    for _ in range(max_iter):
+        idx = np.searchsorted((c[1:] + c[:-1]) / 2, order)
+        if prev is not None and np.array_equal(idx, prev):
+            break
+        prev = idx
+        counts = np.bincount(idx, minlength=len(c))
+        mass = np.bincount(idx, weights=wts, minlength=len(c))
+        sums = np.bincount(idx, weights=order * wts, minlength=len(c))
+        filled = counts > 0
+        c = np.where(filled, sums / np.where(filled, mass, 1.0), c)
+        c = np.unique(c[filled])  # drop empty clusters; stays sorted
+    return c.astype(np.float32)
+
+
+def _assign(vals: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid (ties to the lower one) for float32 values and ascending float32 centroids."""
+    if len(centroids) == 1:
+        return np.zeros(vals.shape, dtype=np.intp)
+    c = centroids.astype(np.float64)
+    idx = np.searchsorted((c[1:] + c[:-1]) / 2, vals.astype(np.float64), side="left")
+    return np.clip(idx, 0, len(c) - 1)
+
+
+def compute_codebooks(
+    state: CompressedMLP, config: ClusterConfig | None = None, importance: list[np.ndarray] | None = None
+) -> list[Codebook]:
+    """A codebook per layer of ``state`` (masks respected), per :class:`ClusterConfig`, optionally
+    importance-weighted (one array per layer)."""
+    config = config or ClusterConfig()
+    importance = importance or [None] * len(state.layers)
+    return [
+        compute_codebook(w, m, config.k_for(i), config.init, config.max_iter, imp)
+        for i, ((w, _b), m, imp) in enumerate(zip(state.layers, state.masks, importance, strict=True))
+    ]
+
+
+def fisher_diagonal(
+    state: CompressedMLP,
+    X: np.ndarray,
+    y: np.ndarray,
+    rows: int = 32_768,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Empirical Fisher diagonal of every weight: mean over mini-batches of the squared gradient of
+    the imbalance-weighted loss (a cheap stand-in for the Hessian diagonal). Deterministic.
+
+    Args:
+        state: the model.
+        X, y: training rows; ``rows`` of them are sampled (fraud rows always included).
+        rows, batch_size: sample size and mini-batch size.
+        seed: sampling seed.
+
+    Returns:
+        float64 arrays shaped like each W.
+    """
+    import torch
+
+    from fraudlite.models import MLPConfig, classification_loss, default_pos_weight
+
+    rng = np.random.default_rng(seed)
+    pos = np.flatnonzero(y > 0)
+    neg = np.flatnonzero(y <= 0)
+    n_neg = max(0, min(len(neg), rows - len(pos)))
+    idx = np.sort(np.concatenate([pos[: rows // 2], rng.choice(neg, n_neg, replace=False)]))
+    idx = idx[rng.permutation(len(idx))]
+    model = state.to_model(MLPConfig(dropout=0.0)).eval()
+    loss_fn = classification_loss(MLPConfig(), default_pos_weight(y))
+    acc = [np.zeros(w.shape) for w, _ in state.layers]
+    n_batches = 0
+    for start in range(0, len(idx), batch_size):
+        b = idx[start : start + batch_size]
+        xb = torch.from_numpy(np.ascontiguousarray(X[b], dtype=np.float32))
+        yb = torch.from_numpy(np.asarray(y[b], dtype=np.float32))
+        model.zero_grad(set_to_none=True)
+        loss_fn(xb, yb, model(xb)).backward()
+        for a, layer in zip(acc, model.layers, strict=True):
+            a += layer.weight.grad.detach().double().numpy() ** 2
+        n_batches += 1
+    return [a / max(n_batches, 1) for a in acc]
+
+
+def apply_clustering(state: CompressedMLP, codebooks: Sequence[Codebook | None]) -> CompressedMLP:
+    """A copy of ``state`` whose weights are ``centroids[indices]`` (0 at pruned entries).
+
+    Also accepts a ``FraudMLP`` (returned as a clustered ``FraudMLP``, weights replaced in place).
+    """
+    if not isinstance(state, CompressedMLP):
+        import torch
+
+        snap = apply_clustering(CompressedMLP.from_model(state), codebooks)
+        with torch.no_grad():
+            for layer, (w, _b) in zip(state.layers, snap.layers, strict=True):
+                layer.weight.copy_(torch.from_numpy(w))
+        return state
+    out = state.copy()
+    if len(codebooks) != len(out.layers):
+        raise ConfigError(f"need one codebook (or None) per layer ({len(out.layers)}), got {len(codebooks)}")
+    out.codebooks = [
+        None if cb is None else (np.asarray(cb[0], np.float32), np.asarray(cb[1], np.uint8))
+        for cb in codebooks
+    ]
+    out.layers = [(out.decoded_weight(i), b) for i, (_w, b) in enumerate(out.layers)]
+    out.validate()
+    return out
+
+
+# ---------------------------------------------------------------------------- centroid fine-tuning
+
+
+def clustered_parametrization(indices: np.ndarray, mask: np.ndarray | None, centroids: np.ndarray):
+    """A ``torch.nn.utils.parametrize`` module mapping centroids [k] to ``W = centroids[indices] * mask``
+    (its ``right_inverse`` yields ``centroids``: register with ``unsafe=True``)."""
+    import torch
+    from torch import nn
+
+    class SharedWeights(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("indices", torch.from_numpy(indices.astype(np.int64)))
+            keep = np.ones(indices.shape, dtype=bool) if mask is None else mask
+            self.register_buffer("keep", torch.from_numpy(keep.astype(np.float32)))
+            self._init = torch.from_numpy(np.asarray(centroids, dtype=np.float32).copy())
+
+        def forward(self, c: torch.Tensor) -> torch.Tensor:
+            return c[self.indices] * self.keep
+
+        def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+            return self._init.clone()
+
+    return SharedWeights()
+
+
+def _parametrize(model: object, state: CompressedMLP) -> None:
+    from torch.nn.utils import parametrize
+
+    for layer, cb, m in zip(model.layers, state.codebooks, state.masks, strict=True):
+        if cb is not None:
+            parametrize.register_parametrization(
+                layer, "weight", clustered_parametrization(cb[1], m, cb[0]), unsafe=True
+            )
+
+
+def _centroids_of(model: object, state: CompressedMLP) -> list[Codebook | None]:
+    out: list[Codebook | None] = []
+    for layer, cb in zip(model.layers, state.codebooks, strict=True):
+        if cb is None:
+            out.append(None)
+        else:
+            c = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32).copy()
+            out.append((c, cb[1]))
+    return out
+
+
+def finetune_centroids(
+    state: CompressedMLP,
+    data: StageData,
+    config: ClusterConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    teacher: object = None,
+) -> CompressedMLP:
+    """Train the centroids (and biases) of a clustered ``state``; masks and indices stay fixed.
+    ``teacher`` (a module) gives soft targets when ``config.kd_alpha > 0``.
+
+    Returns:
+        A new state whose weights equal ``centroids[indices]`` exactly.
+    """
+    config = config or ClusterConfig()
+    if int(config.finetune_epochs) < 1:
+        return state.copy()
+    model = _model(state, config)
+    _parametrize(model, state)
+    for layer in model.layers:
+        layer.bias.requires_grad_(bool(config.train_biases))
+    # unclustered layers train as plain (masked) weights
+    masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
+    after_backward, after_step = mask_hooks(model, masks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _train(model, data, config, config.finetune_epochs, early_stopping=True, parameters=params,
+           after_backward=after_backward, after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
+    codebooks = _centroids_of(model, state)
+    out = state.copy()
+    layers = []
+    for i, layer in enumerate(model.layers):
+        b = layer.bias.detach().cpu().numpy().astype(np.float32).copy()
+        w = (
+            out.layers[i][0]
+            if codebooks[i] is not None
+            else layer.weight.detach().cpu().numpy().astype(np.float32).copy()
+        )
+        if codebooks[i] is None and out.masks[i] is not None:
+            w = np.where(out.masks[i], w, np.float32(0))
+        layers.append((w, b))
+    out.layers = layers
+    return apply_clustering(out, _sorted(codebooks))
+
+
+def _sorted(codebooks: list[Codebook | None]) -> list[Codebook | None]:
+    """Keep centroids ascending after training (remap indices; pruned entries keep index 0)."""
+    out: list[Codebook | None] = []
+    for cb in codebooks:
+        if cb is None:
+            out.append(None)
+            continue
+        c, idx = cb
+        order = np.argsort(c, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        out.append((c[order].copy(), rank[idx.astype(np.intp)].astype(np.uint8)))
+    return out
+
+
+def round_half(state: CompressedMLP) -> CompressedMLP:
+    """Round centroids (or unclustered weights), biases, mean and std to float16-representable float32
+    values (masks kept; merged duplicate centroids are kept as they are).
+
+    Raises:
+        ConfigError: when a value overflows float16.
+    """
+
+    def half(a: np.ndarray) -> np.ndarray:
+        h = np.asarray(a, dtype=np.float32).astype(np.float16)
+        if not np.isfinite(h).all():
+            raise ConfigError("a value overflows float16; disable half_precision")
+        return h.astype(np.float32)
+
+    out = state.copy()
+    out.mean, out.std = half(out.mean), half(out.std)
+    if (out.std <= 0).any():
+        raise ConfigError("a standardization std rounds to 0 in float16; disable half_precision")
+    codebooks = [None if cb is None else (half(cb[0]), cb[1]) for cb in out.codebooks]
+    layers = []
+    for (w, b), cb in zip(out.layers, codebooks, strict=True):
+        layers.append((w if cb is not None else half(w), half(b)))
+    out.layers = layers
+    if any(cb is not None for cb in codebooks):
+        return apply_clustering(out, codebooks)
+    out.validate()
+    return out
+
+
+def pow2_standardization(state: CompressedMLP) -> CompressedMLP:
+    """The same function with ``mean = 0`` and ``std`` rounded to powers of two (in log space), the
+    difference folded into layer 0: ``W0[:, i] *= std'_i / std_i``, ``b0 -= W0 @ (mean / std)``.
+
+    Exact in real arithmetic (float32 rounding aside); pruned entries stay exactly 0.
+
+    Raises:
+        ConfigError: when layer 0 is already clustered (the column scaling would break its codebook).
+    """
+    if state.codebooks[0] is not None:
+        raise ConfigError("pow2_standardization must run before layer 0 is clustered")
+    out = state.copy()
+    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1)).astype(np.float64)
+    new_std = np.exp2(np.round(np.log2(std)))
+    w0, b0 = (a.astype(np.float64) for a in state.layers[0])
+    b_new = b0 - w0 @ (state.mean.astype(np.float64) / std)
+    w_new = (w0 * (new_std / std)[None, :]).astype(np.float32)
+    if state.masks[0] is not None:
+        w_new = np.where(state.masks[0], w_new, np.float32(0))
+    out.layers[0] = (w_new, b_new.astype(np.float32))
+    out.mean = np.zeros_like(state.mean)
+    out.std = new_std.astype(np.float32)
+    out.validate()
+    return out
+
+
+def cluster_stage(
+    state: CompressedMLP,
+    data: StageData,
+    config: ClusterConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompressedMLP:
+    """The weight-sharing stage: k-means per layer, centroid fine-tuning, optional half precision.
+
+    Raises:
+        ConfigError: when ``state`` is already quantized.
+    """
+    config = config or ClusterConfig()
+    if state.quant is not None:
+        raise ConfigError("weight sharing must run before quantization; reorder the stages")
+    ap_before = _ap(state, data.X_valid, data.y_valid)
+    source = pow2_standardization(state) if config.pow2_stats and state.codebooks[0] is None else state
+    importance = (
+        fisher_diagonal(source, data.X_train, data.y_train, seed=config.seed)
+        if config.weighting == "fisher"
+        else None
+    )
+    clustered = apply_clustering(source, compute_codebooks(source, config, importance))
+    ap_kmeans = _ap(clustered, data.X_valid, data.y_valid)
+    tuned = finetune_centroids(clustered, data, config, progress, teacher=_teacher(state, config))
+    ap_tuned = _ap(tuned, data.X_valid, data.y_valid)
+    if ap_tuned < ap_kmeans:  # early stopping keeps the best epoch, but never worse than plain k-means
+        tuned = clustered
+    out = round_half(tuned) if config.half_precision else tuned
+    ap_after = _ap(out, data.X_valid, data.y_valid)
+    out.stages = list(state.stages)
+    return out.with_stage(
+        stage_record(
+            "cluster",
+            config,
+            state,
+            out,
+            valid_ap_before=ap_before,
+            valid_ap_kmeans=ap_kmeans,
+            valid_ap_after=ap_after,
+            bits=[None if b is None else b for b in out.cluster_bits()],
+        )
+    )

@@ -1,0 +1,394 @@
+"""Quantization-aware training for int8 ONNX Runtime inference that preserves sparsity and clusters.
+
+Scheme (what ONNX Runtime's QDQ / QLinearMatMul expect): weights symmetric int8 in ``[-127, 127]``
+(zero point 0), per output unit (``per_channel``) or per tensor; activations (the input of every
+layer: the standardized features, then the ReLU outputs) asymmetric uint8, per tensor, with ranges
+calibrated on training rows (``minmax``, ``percentile`` or ``mse``: the clipping range minimizing the
+quantization error on a grid of candidates).
+
+Training fake-quantizes both (straight-through estimator) on top of the existing structure:
+
+- a clustered layer trains its centroids (``W = centroids[indices] * mask``); its weight scale is per
+  tensor, ``max|centroids| / 127``, so that quantizing keeps one shared codebook: the final centroids
+  are snapped to that grid (``c = s * q``, ``q`` int8) and the layer still has <= k distinct values;
+- an unclustered layer trains its masked weights with per-channel (or per-tensor) scales
+  ``max|W_j| / 127``; the final weights are snapped to ``s_j * round(W / s_j)``.
+
+Zero stays zero (zero point 0), so sparsity is kept exactly. After the stage, every layer's float
+weights are exactly representable by its int8 values and scales: an exporter that quantizes with
+``quant[i]`` reproduces them bit for bit. Weight scales are recomputed from the current weights at
+every step (exact at the end); activation ranges stay fixed at their calibrated values.
+
+``quant[i]`` (JSON-ready): ``weight_scale`` (list, one per output unit), ``weight_zero_point`` (zeros),
+``weight_qmin``/``weight_qmax`` (-127/127), ``per_channel``, ``input_scale``, ``input_zero_point``
+(uint8), ``input_min``/``input_max`` (the calibrated range), ``bits`` (8), ``calibration``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fraudlite.compression.cluster import clustered_parametrization
+from fraudlite.compression.prune import (
+    _activations,
+    _ap,
+    _check_training,
+    _model,
+    _teacher,
+    _train,
+    mask_hooks,
+)
+from fraudlite.compression.state import CompressedMLP, StageData, stage_record
+from fraudlite.errors import ConfigError
+
+__all__ = [
+    "QATConfig",
+    "activation_range",
+    "compute_weight_scales",
+    "compute_quant_params",
+    "snap_to_grid",
+    "fake_quant_logits",
+    "qat_stage",
+]
+
+logger = logging.getLogger(__name__)
+
+_CALIBRATIONS = ("minmax", "percentile", "mse")
+QMAX_W = 127
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Int8 quantization-aware training.
+
+    Attributes:
+        per_channel: per-output-unit weight scales for unclustered layers (clustered layers always
+            use one scale, which keeps their codebook).
+        calibration: ``"minmax"``, ``"percentile"`` or ``"mse"`` for the activation ranges.
+        percentile: upper percentile (and ``100 - percentile`` lower) of the ``percentile`` method.
+        calibration_rows: training rows used to calibrate.
+        epochs: QAT epochs, early-stopped on validation AP of the fake-quantized model (0 = only
+            calibrate and snap the weights: post-training quantization).
+        half_precision_biases: round the trained biases to float16-representable values.
+        lr, weight_decay, batch_size, patience, dropout, seed: training settings.
+        kd_alpha, kd_temperature: knowledge distillation from the float model while training.
+    """
+
+    per_channel: bool = True
+    calibration: str = "percentile"
+    percentile: float = 99.99
+    calibration_rows: int = 16384
+    epochs: int = 3
+    half_precision_biases: bool = True
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    patience: int = 2
+    dropout: float = 0.0
+    kd_alpha: float = 0.0
+    kd_temperature: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.calibration not in _CALIBRATIONS:
+            raise ConfigError(
+                f"calibration must be one of {', '.join(_CALIBRATIONS)}, got {self.calibration!r}"
+            )
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        if int(self.calibration_rows) < 1:
+            raise ConfigError(f"calibration_rows must be >= 1, got {self.calibration_rows}")
+        if int(self.epochs) < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        _check_training(self)
+
+
+# ---------------------------------------------------------------------------- pure maths
+
+
+def _uint8_params(lo: float, hi: float) -> tuple[float, int]:
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < 1e-12:
+        return 1.0, 0
+    scale = float(np.float32((hi - lo) / 255.0))
+    zp = int(np.clip(round(-lo / scale), 0, 255))
+    return scale, zp
+
+
+def _fake_uint8(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    q = np.clip(np.round(x / scale) + zp, 0, 255)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def activation_range(
+    values: np.ndarray, method: str = "percentile", percentile: float = 99.99
+) -> tuple[float, float]:
+    """Calibrated ``(min, max)`` of one activation tensor (always containing 0).
+
+    Args:
+        values: observed activations (any shape).
+        method: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+        percentile: for ``"percentile"``.
+    """
+    v = np.asarray(values, dtype=np.float32).ravel()
+    if v.size == 0:
+        return 0.0, 0.0
+    lo, hi = float(min(v.min(), 0.0)), float(max(v.max(), 0.0))
+    if method == "minmax":
+        return lo, hi
+    if method == "percentile":
+        plo, phi = np.percentile(v, [100.0 - percentile, percentile])
+        return float(min(plo, 0.0)), float(max(phi, 0.0))
+    if method != "mse":
+        raise ConfigError(f"calibration must be one of {', '.join(_CALIBRATIONS)}, got {method!r}")
+    sample = v if v.size <= 200_000 else v[np.random.default_rng(0).choice(v.size, 200_000, replace=False)]
+    best, best_err = (lo, hi), math.inf
+    for frac in np.linspace(0.05, 1.0, 40):
+        c_lo, c_hi = lo * frac, hi * frac
+        scale, zp = _uint8_params(c_lo, c_hi)
+        err = float(np.mean((_fake_uint8(sample, scale, zp) - sample) ** 2))
+        if err < best_err:
+            best, best_err = (c_lo, c_hi), err
+    return best
+
+
+def compute_weight_scales(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Symmetric int8 scales float32 [out]: ``max|W_j| / 127`` per row, or one ``max|W| / 127`` repeated."""
+    w = np.asarray(w, dtype=np.float32)
+    m = np.abs(w).max(axis=1) if per_channel else np.full(w.shape[0], np.abs(w).max() if w.size else 0.0)
+    scale = (m / np.float32(QMAX_W)).astype(np.float32)
+    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def snap_to_grid(values: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``scale * clip(round(values / scale), -127, 127)`` in float32 (rows scaled by ``scale[j]``)."""
+    s = np.asarray(scale, dtype=np.float32)
+    if s.ndim == 1 and np.ndim(values) == 2:
+        s = s[:, None]
+    q = np.clip(np.round(np.asarray(values, dtype=np.float32) / s), -QMAX_W, QMAX_W).astype(np.float32)
+    return (q * s).astype(np.float32)
+
+
+def _layer_uses_codebook_scale(state: CompressedMLP, i: int) -> bool:
+    return state.codebooks[i] is not None
+
+
+def compute_quant_params(
+    state: CompressedMLP, X_calib: np.ndarray, config: QATConfig | None = None
+) -> list[dict]:
+    """Per-layer int8 parameters of ``state`` (see module docs), activations calibrated on ``X_calib``."""
+    config = config or QATConfig()
+    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1))
+    inputs = [(np.asarray(X_calib, dtype=np.float32) - state.mean) / std, *_activations(state, X_calib)]
+    out = []
+    for i, (w, _b) in enumerate(state.layers):
+        clustered = _layer_uses_codebook_scale(state, i)
+        per_channel = bool(config.per_channel) and not clustered
+        if clustered:
+            c = state.codebooks[i][0]
+            scales = np.full(w.shape[0], max(float(np.abs(c).max()) / QMAX_W, 0.0) or 1.0, dtype=np.float32)
+        else:
+            scales = compute_weight_scales(w, per_channel)
+        lo, hi = activation_range(inputs[i], config.calibration, config.percentile)
+        in_scale, in_zp = _uint8_params(lo, hi)
+        out.append(
+            {
+                "bits": 8,
+                "per_channel": per_channel,
+                "weight_scale": [float(s) for s in scales],
+                "weight_zero_point": [0] * w.shape[0],
+                "weight_qmin": -QMAX_W,
+                "weight_qmax": QMAX_W,
+                "input_scale": in_scale,
+                "input_zero_point": in_zp,
+                "input_min": float(lo),
+                "input_max": float(hi),
+                "calibration": config.calibration,
+            }
+        )
+    return out
+
+
+def fake_quant_logits(state: CompressedMLP, X: np.ndarray, quant: list[dict] | None = None) -> np.ndarray:
+    """Logits of the int8-simulated model (weights as stored, activations fake-quantized), numpy."""
+    quant = quant if quant is not None else state.quant
+    if quant is None:
+        return state.logits(X)
+    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1))
+    h = (np.asarray(X, dtype=np.float32) - state.mean) / std
+    for i, ((w, b), q) in enumerate(zip(state.layers, quant, strict=True)):
+        h = _fake_uint8(h, q["input_scale"], q["input_zero_point"]) @ w.T + b
+        if i < len(state.layers) - 1:
+            h = np.maximum(h, 0)
+    return h.reshape(-1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- torch fake quantization
+
+
+def _weight_fake_quant(per_channel: bool):
+    import torch
+    from torch import nn
+
+    class WeightFakeQuant(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                m = w.abs().amax(dim=1) if per_channel else w.abs().amax().expand(w.shape[0])
+                scale = torch.where(m > 0, m / QMAX_W, torch.ones_like(m)).to(torch.float32)
+            zp = torch.zeros(w.shape[0], dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -QMAX_W, QMAX_W)
+
+    return WeightFakeQuant()
+
+
+def _prepare(model: object, state: CompressedMLP, quant: list[dict]) -> list:
+    """Parametrize weights (shared and/or fake-quantized) and hook activation fake-quantization."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    handles = []
+    for i, layer in enumerate(model.layers):
+        cb, q = state.codebooks[i], quant[i]
+        if cb is not None:
+            parametrize.register_parametrization(
+                layer, "weight", clustered_parametrization(cb[1], state.masks[i], cb[0]), unsafe=True
+            )
+        parametrize.register_parametrization(layer, "weight", _weight_fake_quant(bool(q["per_channel"])))
+        scale, zp = float(q["input_scale"]), int(q["input_zero_point"])
+
+        def pre_hook(module: object, args: tuple, scale: float = scale, zp: int = zp) -> tuple:
+            return (torch.fake_quantize_per_tensor_affine(args[0], scale, zp, 0, 255),)
+
+        handles.append(layer.register_forward_pre_hook(pre_hook))
+    return handles
+
+
+def _finalize(
+    model: object, state: CompressedMLP, config: QATConfig
+) -> tuple[CompressedMLP, list[np.ndarray]]:
+    """Read the trained weights back and snap them to their int8 grids (structure kept).
+
+    Returns:
+        The state and, per layer, the float32 weight scales [out] used for snapping (exact grids).
+    """
+    from fraudlite.compression.cluster import _sorted, apply_clustering
+
+    out = state.copy()
+    layers, codebooks, scales = [], [], []
+    for i, layer in enumerate(model.layers):
+        b = layer.bias.detach().cpu().numpy().astype(np.float32).copy()
+        if config.half_precision_biases:
+            b = b.astype(np.float16).astype(np.float32)
+        cb = state.codebooks[i]
+        if cb is not None:
+            c = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
+            scale = np.float32(max(float(np.abs(c).max()) / QMAX_W, 0.0) or 1.0)
+            codebooks.append((snap_to_grid(c, scale), cb[1]))
+            layers.append((out.layers[i][0], b))
+            scales.append(np.full(out.layers[i][0].shape[0], scale, dtype=np.float32))
+        else:
+            w = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
+            if state.masks[i] is not None:
+                w = np.where(state.masks[i], w, np.float32(0))
+            scale = compute_weight_scales(w, bool(config.per_channel))
+            w = snap_to_grid(w, scale)
+            codebooks.append(None)
+            layers.append((w, b))
+            scales.append(scale)
+    out.layers = layers
+    if any(cb is not None for cb in codebooks):
+        out = apply_clustering(out, _merge_duplicates(_sorted(codebooks)))
+    return out, scales
+
+
+def _merge_duplicates(codebooks: list) -> list:
+    """Centroids that snapped to the same int8 value become one entry (indices remapped)."""
+    out = []
+    for cb in codebooks:
+        if cb is None:
+            out.append(None)
+            continue
+        c, idx = cb
+        uniq, inverse = np.unique(c, return_inverse=True)
+        out.append((uniq.astype(np.float32), inverse[idx.astype(np.intp)].astype(np.uint8)))
+    return out
+
+
+def qat_stage(
+    state: CompressedMLP,
+    data: StageData,
+    config: QATConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompressedMLP:
+    """The quantization stage: calibrate, fine-tune with fake quantization, snap weights to int8 grids.
+
+    Returns:
+        A new state with ``quant`` set (scales recomputed from the final weights; activation ranges as
+        calibrated) and the stage record (``valid_ap_ptq``: AP of post-training quantization before
+        QAT, ``valid_ap_after``: of the final int8-simulated model).
+    """
+    config = config or QATConfig()
+    rng = np.random.default_rng(config.seed)
+    n = min(int(config.calibration_rows), len(data.X_train))
+    calib = data.X_train[np.sort(rng.choice(len(data.X_train), n, replace=False))]
+    ap_before = _ap(state, data.X_valid, data.y_valid)
+    quant = compute_quant_params(state, calib, config)
+    from fraudlite.models.metrics import average_precision
+
+    def sim_ap(s: CompressedMLP, q: list[dict]) -> float:
+        return float(average_precision(data.y_valid, fake_quant_logits(s, data.X_valid, q)))
+
+    ptq_model = _model(state, config)
+    _prepare(ptq_model, state, quant)
+    ptq, ptq_scales = _finalize(ptq_model, state, config)
+    ap_ptq = sim_ap(ptq, quant)
+    best, best_scales = ptq, ptq_scales
+    if int(config.epochs) > 0:
+        model = _model(state, config)
+        _prepare(model, state, quant)
+        masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
+        # masks of unclustered layers act on the parametrization's original weight
+        originals = _OriginalView(model)
+        after_backward, after_step = mask_hooks(originals, masks)
+        params = [p for p in model.parameters() if p.requires_grad]
+        _train(model, data, config, config.epochs, early_stopping=True, parameters=params,
+               after_backward=after_backward, after_step=after_step, progress=progress,
+               teacher=_teacher(state, config))  # fmt: skip
+        trained, trained_scales = _finalize(model, state, config)
+        if sim_ap(trained, quant) >= ap_ptq:
+            best, best_scales = trained, trained_scales
+    final_quant = [dict(q) for q in quant]  # the activation ranges trained with
+    for q, scale in zip(final_quant, best_scales, strict=True):  # the exact grids the weights sit on
+        q["weight_scale"] = [float(x) for x in scale]
+        q["weight_zero_point"] = [0] * len(scale)
+    best.quant = final_quant
+    best.stages = list(state.stages)
+    ap_after = sim_ap(best, final_quant)
+    return best.with_stage(
+        stage_record(
+            "qat",
+            config,
+            state,
+            best,
+            valid_ap_before=ap_before,
+            valid_ap_ptq=ap_ptq,
+            valid_ap_after=ap_after,
+            valid_ap_float=_ap(best, data.X_valid, data.y_valid),
+        )
+    )
+
+
+class _OriginalView:
+    """Presents each layer's parametrization ``original`` as ``.weight`` for :func:`mask_hooks`."""
+
+    class _Layer:
+        def __init__(self, layer: object) -> None:
+            self.weight = layer.parametrizations.weight.original
+
+    def __init__(self, model: object) -> None:
+        self.layers = [self._Layer(layer) for layer in model.layers]

@@ -1,0 +1,376 @@
+"""Compression recipes: a TOML file naming the stages, in order, with their settings.
+
+Example (the built-in default, :data:`DEFAULT_RECIPE_TOML`)::
+
+    [[stage]]
+    name = "distill"          # knowledge distillation into a smaller student
+    optional = true           # the search may skip it if no student fits the AP budget
+    hidden = [16, 8]
+
+    [[stage]]
+    name = "prune"            # gradual global magnitude pruning
+    sparsity = 0.7
+
+    [[stage]]
+    name = "cluster"          # k-means weight sharing + centroid fine-tuning
+    k = 16
+
+    [search]                  # candidates per "stage.setting", most aggressive first
+    "distill.hidden" = [[8, 4], [16, 8], [32, 16]]
+    "prune.sparsity" = [0.9, 0.8, 0.7, 0.5]
+
+    [export]                  # the runnable ONNX
+    precision = "auto"        # auto (measure; int8 only where faster) | fp32 | int8-static | int8-dynamic
+
+    [data]
+    max_train_rows = 400000   # fine-tuning rows (a seeded sample of the training window)
+
+Each stage's settings are the fields of its technique's config dataclass (``DistillConfig``,
+``PruneConfig``, ``StructuredConfig``, ``ClusterConfig``, ``QATConfig``); an unknown stage, section or
+setting is a :class:`ConfigError` naming it and listing the valid names.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraudlite.errors import ConfigError
+
+__all__ = [
+    "STAGES",
+    "StageSpec",
+    "ExportSettings",
+    "DataSettings",
+    "Recipe",
+    "DEFAULT_RECIPE_TOML",
+    "default_recipe",
+    "load_recipe",
+    "parse_recipe",
+    "stage_runner",
+]
+
+# stage name -> (module, config class, stage function); resolved lazily (torch is imported there)
+STAGES: dict[str, tuple[str, str, str]] = {
+    "distill": ("fraudlite.compression.distill", "DistillConfig", "distill_stage"),
+    "prune": ("fraudlite.compression.prune", "PruneConfig", "prune_stage"),
+    "structured": ("fraudlite.compression.prune", "StructuredConfig", "structured_prune_stage"),
+    "cluster": ("fraudlite.compression.cluster", "ClusterConfig", "cluster_stage"),
+    "qat": ("fraudlite.compression.qat", "QATConfig", "qat_stage"),
+}
+
+PRECISIONS = ("auto", "fp32", "int8-static", "int8-dynamic")
+STORAGES = ("auto", "compact", "fp32")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+DEFAULT_RECIPE_TOML = """\
+# fraudlite built-in compression recipe
+# distill -> prune -> share weights (k-means) -> entropy-coded compact artifact + fp32 runnable ONNX.
+# Candidates are tried smallest model first; the first within --max-ap-drop wins. An optional stage
+# with no candidate within the budget is skipped (and reported), a required one stops the run.
+
+[[stage]]
+name = "distill"
+optional = true
+hidden = [16, 8]
+
+[[stage]]
+name = "prune"
+optional = true
+sparsity = 0.7
+
+[[stage]]
+name = "cluster"
+k = 16
+
+[search]
+"distill.hidden" = [[8, 4], [16, 8], [32, 16]]
+"prune.sparsity" = [0.85, 0.7, 0.5, 0.3]
+"cluster.k" = [8, 16, 32]
+
+[export]
+precision = "auto"
+calibration = "minmax"
+per_channel = true
+storage = "auto"
+
+[data]
+max_train_rows = 400000
+seed = 0
+"""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a recipe: technique name, its settings (validated against its config), and whether
+    the search may skip it when no candidate fits the AP budget (``optional = true``)."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    optional: bool = False
+
+    def config(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The technique's config dataclass built from the settings (+ overrides).
+
+        Raises:
+            ConfigError: unknown stage/setting or an invalid value (from the config's own checks).
+        """
+        module, config_name, _ = _stage_entry(self.name)
+        cls = getattr(_import_stage_module(self.name, module), config_name)
+        settings = {**self.settings, **(overrides or {})}
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"recipe stage {self.name!r}: unknown setting(s) {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(known)})"
+            )
+        try:
+            return cls(**{k: _tuples(v) for k, v in settings.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"recipe stage {self.name!r}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"recipe stage {self.name!r}: invalid setting ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How the runnable ONNX is built.
+
+    Attributes:
+        precision: ``auto`` (fp32 unless an int8 candidate measures faster at batch 256, not slower at
+            batch 1 and keeps AP within the budget), ``fp32``, ``int8-static`` (QDQ), ``int8-dynamic``.
+        calibration: static int8 calibration: ``minmax``, ``percentile`` or ``entropy``.
+        per_channel: per-channel int8 weight scales.
+        storage: weight storage of the fp32 graph: ``compact`` (codebook + packed indices, fp16 where
+            exact), ``fp32``, or ``auto`` (the smaller file).
+        calibration_rows: training rows for static calibration.
+        max_score_diff: largest |score difference| allowed between the fp32 runnable graph and the
+            compressed weights (a bug guard; int8 candidates are judged by AP instead).
+    """
+
+    precision: str = "auto"
+    calibration: str = "minmax"
+    per_channel: bool = True
+    storage: str = "auto"
+    calibration_rows: int = 2048
+    max_score_diff: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _choice("export.precision", self.precision, PRECISIONS)
+        _choice("export.calibration", self.calibration, CALIBRATIONS)
+        _choice("export.storage", self.storage, STORAGES)
+        if not isinstance(self.per_channel, bool):
+            raise ConfigError(f"export.per_channel must be true or false, got {self.per_channel!r}")
+        if int(self.calibration_rows) < 1:
+            raise ConfigError(f"export.calibration_rows must be >= 1, got {self.calibration_rows}")
+        if not (math.isfinite(self.max_score_diff) and self.max_score_diff > 0):
+            raise ConfigError(f"export.max_score_diff must be > 0, got {self.max_score_diff}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which rows the stages fine-tune on.
+
+    Attributes:
+        max_train_rows: a seeded uniform sample of the training window of at most this many rows
+            (0 = all); validation always uses the whole validation window.
+        seed: sampling seed.
+    """
+
+    max_train_rows: int = 400_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.max_train_rows) < 0:
+            raise ConfigError(f"data.max_train_rows must be >= 0, got {self.max_train_rows}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Stages in order, search candidates, export and data settings."""
+
+    stages: tuple[StageSpec, ...]
+    search: dict[str, list[Any]] = field(default_factory=dict)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    source: str = "built-in"
+
+    def candidates(self, index: int) -> list[dict[str, Any]]:
+        """Setting overrides to try for stage ``index``, most aggressive first; ``[{}]`` when the stage
+        has nothing to search. Several searched settings of one stage are tried jointly, in the order
+        of the first one (lists of equal length), else as a grid."""
+        stage = self.stages[index]
+        keys = [k.split(".", 1)[1] for k in self.search if k.split(".", 1)[0] == stage.name]
+        if not keys:
+            return [{}]
+        lists = [self.search[f"{stage.name}.{k}"] for k in keys]
+        if len({len(v) for v in lists}) == 1:
+            return [dict(zip(keys, values, strict=True)) for values in zip(*lists, strict=True)]
+        grid: list[dict[str, Any]] = [{}]
+        for key, values in zip(keys, lists, strict=True):
+            grid = [{**g, key: v} for g in grid for v in values]
+        return grid
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "stages": [
+                {"name": s.name, **({"optional": True} if s.optional else {}), **s.settings}
+                for s in self.stages
+            ],
+            "search": copy.deepcopy(self.search),
+            "export": dataclasses.asdict(self.export),
+            "data": dataclasses.asdict(self.data),
+        }
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _tuples(value: Any) -> Any:
+    """TOML arrays arrive as lists; config fields use tuples (hidden widths)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _stage_entry(name: str) -> tuple[str, str, str]:
+    if name not in STAGES:
+        raise ConfigError(f"recipe: unknown stage {name!r} (known: {', '.join(STAGES)})")
+    return STAGES[name]
+
+
+def _import_stage_module(name: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise ConfigError(
+                f"recipe: stage {name!r} is not available in this build ({module} is missing)"
+            ) from exc
+        raise
+
+
+def stage_runner(name: str):
+    """The stage function ``(state, data, config, progress) -> CompressedMLP`` of a technique."""
+    module, _, func = _stage_entry(name)
+    mod = _import_stage_module(name, module)
+    try:
+        return getattr(mod, func)
+    except AttributeError as exc:
+        raise ConfigError(f"recipe: stage {name!r} is not available in this build ({module}.{func})") from exc
+
+
+def _section(raw: dict, name: str, cls: type) -> Any:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"recipe: [{name}] must be a table")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"recipe [{name}]: unknown setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
+        )
+    try:
+        return cls(**table)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"recipe [{name}]: {exc}") from exc
+
+
+def parse_recipe(text: str, source: str = "<recipe>", check_stages: bool = True) -> Recipe:
+    """Parse and validate recipe TOML.
+
+    Args:
+        text: the TOML document.
+        source: name used in messages (file path).
+        check_stages: also build every stage's config (imports the techniques) so that a bad setting
+            fails now, before any work.
+
+    Raises:
+        ConfigError: TOML syntax, unknown section/stage/setting, bad search entries, invalid values.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
+    unknown = sorted(set(raw) - {"stage", "search", "export", "data"})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s) {', '.join(map(repr, unknown))} (known: stage, search, export, data)"
+        )
+    stages_raw = raw.get("stage", [])
+    if not isinstance(stages_raw, list) or not all(isinstance(s, dict) for s in stages_raw):
+        raise ConfigError(f"{source}: stages are [[stage]] tables")
+    stages = []
+    for i, table in enumerate(stages_raw, 1):
+        table = dict(table)
+        name = table.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f'{source}: stage {i} has no name (name = "prune", ...)')
+        try:
+            _stage_entry(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: stage {i}: {exc}") from exc
+        optional = table.pop("optional", False)
+        if not isinstance(optional, bool):
+            raise ConfigError(f"{source}: stage {i} ({name!r}): optional must be true or false")
+        stages.append(StageSpec(name, table, optional))
+    search = raw.get("search", {})
+    if not isinstance(search, dict):
+        raise ConfigError(f'{source}: [search] must be a table of "stage.setting" = [candidates]')
+    names = [s.name for s in stages]
+    for key, values in search.items():
+        stage, dot, setting = key.partition(".")
+        if not dot or stage not in names:
+            raise ConfigError(
+                f'{source}: [search] key {key!r} must be "stage.setting" for a stage of this recipe '
+                f"({', '.join(names) or 'none'})"
+            )
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: [search] {key!r} must be a non-empty list of candidates")
+    recipe = Recipe(
+        tuple(stages),
+        {k: list(v) for k, v in search.items()},
+        _section(raw, "export", ExportSettings),
+        _section(raw, "data", DataSettings),
+        source,
+    )
+    if check_stages:
+        for i, stage in enumerate(recipe.stages):
+            stage.config()
+            for overrides in recipe.candidates(i):
+                stage.config(overrides)
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a recipe file.
+
+    Raises:
+        ConfigError: the file is missing/unreadable or invalid (see :func:`parse_recipe`).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"--recipe: no such file {str(p)!r}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--recipe: cannot read {str(p)!r} ({exc})") from exc
+    return parse_recipe(text, str(p))
+
+
+def default_recipe(check_stages: bool = True) -> Recipe:
+    """The built-in recipe (:data:`DEFAULT_RECIPE_TOML`)."""
+    return parse_recipe(DEFAULT_RECIPE_TOML, "built-in", check_stages=check_stages)

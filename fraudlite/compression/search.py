@@ -1,0 +1,183 @@
+"""Accuracy-bounded search: run the recipe's stages in order, each with the most aggressive candidate
+setting whose validation AP stays within ``max_ap_drop`` of the source model's.
+
+Greedy, stage by stage (the strategy of Intel Neural Compressor's accuracy-driven tuning and NNI's
+iterative pruners): for stage ``i`` the candidates of ``[search]`` are tried from the smallest model to
+the largest; the first whose *cumulative* AP drop (source AP minus AP after this stage) is within the
+budget is kept and the next stage starts from it. The drop is always measured against the source, so
+the budget is never spent twice. When no candidate of a stage fits, an ``optional`` stage is skipped
+(the next stage starts from the same model) and a required one stops the search with a
+:class:`SearchError` that lists every trial and says what would make it fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fraudlite.compression.compact import encode_compact
+from fraudlite.compression.recipe import Recipe, stage_runner
+from fraudlite.compression.state import CompressedMLP, StageData
+from fraudlite.errors import UserError
+
+__all__ = ["Trial", "SearchError", "SearchResult", "run_search"]
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[CompressedMLP], dict]
+
+
+class SearchError(UserError):
+    """No candidate of a stage kept the AP drop within the budget (exit status 2 from the CLI)."""
+
+    def __init__(self, message: str, trials: list[Trial]) -> None:
+        super().__init__(message)
+        self.trials = trials
+
+
+@dataclass
+class Trial:
+    """One stage run with one candidate setting."""
+
+    stage: str
+    index: int
+    setting: dict[str, Any]
+    metrics: dict
+    ap_drop: float
+    accepted: bool
+    seconds: float
+    state: CompressedMLP | None = field(default=None, repr=False)
+    compact_bytes: int | None = None
+
+    def record(self) -> dict:
+        return {
+            "compact_bytes": self.compact_bytes,
+            "stage": self.stage,
+            "index": self.index,
+            "setting": self.setting,
+            "average_precision": self.metrics["average_precision"],
+            "roc_auc": self.metrics.get("roc_auc"),
+            "card_precision_at_100": self.metrics.get("card_precision_at_100"),
+            "ap_drop": self.ap_drop,
+            "accepted": self.accepted,
+            "seconds": round(self.seconds, 2),
+            **({"summary": self.state.summary()} if self.state is not None else {}),
+        }
+
+
+@dataclass
+class SearchResult:
+    """The final state, the accepted state after each stage, every trial, and the optional stages skipped."""
+
+    state: CompressedMLP
+    accepted: list[Trial]
+    trials: list[Trial]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def run_search(
+    recipe: Recipe,
+    source: CompressedMLP,
+    data: StageData,
+    evaluate: Evaluate,
+    source_ap: float,
+    max_ap_drop: float,
+    progress: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Run the recipe with the accuracy bound.
+
+    Args:
+        recipe: stages, their settings and ``[search]`` candidates.
+        source: the trained model as a :class:`CompressedMLP`.
+        data: training sample and validation rows for the stages.
+        evaluate: validation metrics of a state (``average_precision`` at least).
+        source_ap: validation AP of the source model (the reference of every drop).
+        max_ap_drop: the budget.
+        progress: per-epoch lines from the techniques, and one line per trial.
+
+    Returns:
+        The :class:`SearchResult`.
+
+    Raises:
+        SearchError: a stage where no candidate fits (message lists the trials and the smallest drop).
+        ConfigError: a stage setting the technique rejects.
+    """
+    say = progress or (lambda msg: None)
+    state = source
+    accepted: list[Trial] = []
+    trials: list[Trial] = []
+    skipped: list[dict] = []
+    n_stages = len(recipe.stages)
+    started = time.perf_counter()
+    for i, spec in enumerate(recipe.stages):
+        runner = stage_runner(spec.name)
+        candidates = recipe.candidates(i)
+        stage_trials = []
+        for j, overrides in enumerate(candidates):
+            config = spec.config(overrides)
+            label = f"stage {i + 1}/{n_stages} {spec.name}" + (
+                f" trial {j + 1}/{len(candidates)} {overrides}" if overrides else ""
+            )
+            msg = f"compress: {label}: start"
+            logger.info(msg)
+            say(msg)
+            t0 = time.perf_counter()
+            out = runner(
+                state, data, config, lambda line, label=label: _relay(f"compress: {label}: {line}", progress)
+            )
+            metrics = evaluate(out)
+            drop = source_ap - metrics["average_precision"]
+            ok = drop <= max_ap_drop + 1e-12
+            trial = Trial(spec.name, i, overrides, metrics, drop, ok, time.perf_counter() - t0, out)
+            trial.compact_bytes = len(encode_compact(out))
+            trials.append(trial)
+            stage_trials.append(trial)
+            elapsed = time.perf_counter() - started
+            done = i + (j + 1) / len(candidates)
+            eta = elapsed / done * (n_stages - done) if done else 0.0
+            msg = (
+                f"compress: {label}: AP={metrics['average_precision']:.4f} drop={drop:+.4f} "
+                f"({'accepted' if ok else 'over budget'}) kept={out.n_kept_weights():,} "
+                f"{trial.seconds:.1f}s elapsed={elapsed:.0f}s eta~{eta:.0f}s"
+            )
+            logger.info(msg)
+            say(msg)
+            if ok:
+                state = out
+                accepted.append(trial)
+                break
+        else:
+            if not spec.optional:
+                raise SearchError(_explain(spec.name, i, stage_trials, source_ap, max_ap_drop), trials)
+            best = min(t.ap_drop for t in stage_trials)
+            msg = (
+                f"compress: stage {i + 1}/{n_stages} {spec.name}: skipped (optional; no candidate within the "
+                f"budget, smallest AP drop {best:+.4f})"
+            )
+            logger.info(msg)
+            say(msg)
+            skipped.append({"stage": spec.name, "index": i, "smallest_ap_drop": best})
+    for t in trials:
+        if not t.accepted:
+            t.state = None  # free rejected models; their records stay
+    return SearchResult(state, accepted, trials, skipped)
+
+
+def _relay(line: str, progress: Callable[[str], None] | None) -> None:
+    # the techniques log their own epoch lines; only forward them to a caller's callback
+    if progress is not None:
+        progress(line)
+
+
+def _explain(stage: str, index: int, trials: list[Trial], source_ap: float, max_ap_drop: float) -> str:
+    best = min(trials, key=lambda t: t.ap_drop)
+    tried = "; ".join(f"{t.setting or 'recipe settings'}: AP drop {t.ap_drop:+.4f}" for t in trials)
+    return (
+        f"compression stopped at stage {index + 1} ({stage!r}): no setting kept the validation AP drop within "
+        f"--max-ap-drop {max_ap_drop} (source AP {source_ap:.4f}). Tried: {tried}. "
+        f"The smallest drop was {best.ap_drop:.4f}; raise --max-ap-drop to at least {best.ap_drop:.4f}, add "
+        f"milder candidates for {stage!r} to the recipe's [search], or remove the stage."
+    )

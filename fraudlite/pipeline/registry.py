@@ -1,0 +1,675 @@
+"""Model registry on a directory: immutable versions, an atomically replaced champion pointer, a history.
+
+Layout (the streaming scorer's ``serve --registry DIR`` reads it; extend, don't break)::
+
+    DIR/versions/<version>/   complete model directories (fraudlite.modeldir), immutable once written
+    DIR/champion              text file: the champion's version name, replaced atomically (temp + os.replace)
+    DIR/history.jsonl         one JSON line per decision (time, challenger, champion, metrics of both,
+                              decision, reason, new_champion)
+    DIR/registered.jsonl      one JSON line per version added: its manifest's sha256 (verify checks it)
+    DIR/.lock                 fcntl.flock'ed by every writer (add / promote / rollback / history)
+
+Readers take no lock: a version directory appears by one rename of a complete, verified directory, and
+the champion pointer by one ``os.replace``, so a reader sees the old champion or the new one, never half
+of either. Writers serialize on ``DIR/.lock``; ``set_champion(..., expected=...)`` is a compare-and-set so
+two retrain runs that evaluated against the same champion cannot both replace it.
+
+This module imports neither torch nor pandas (the serving process uses it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fraudlite.errors import IntegrityError, ModelDirError, UserError
+from fraudlite.modeldir import MANIFEST, SIGNING_KEY_ENV, ModelDir, sha256_file, verify_files, write_model_dir
+
+__all__ = [
+    "Registry",
+    "RegistryError",
+    "UnknownVersionError",
+    "RegistryBusyError",
+    "ChampionChangedError",
+    "read_champion",
+    "validate_version_name",
+    "VERSIONS_DIR",
+    "CHAMPION_FILE",
+    "HISTORY_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSIONS_DIR = "versions"
+CHAMPION_FILE = "champion"
+HISTORY_FILE = "history.jsonl"
+REGISTERED_FILE = "registered.jsonl"
+LOCK_FILE = ".lock"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class RegistryError(UserError):
+    """A registry operation the user asked for cannot be done (no registry, nothing to roll back...)."""
+
+
+class UnknownVersionError(RegistryError, LookupError):
+    """A version name that is not in the registry."""
+
+
+class RegistryBusyError(RegistryError, RuntimeError):
+    """Another process holds the lock (a running retrain, a collector...)."""
+
+
+class ChampionChangedError(RegistryError, RuntimeError):
+    """The champion changed between a decision and its write (compare-and-set failed)."""
+
+
+def validate_version_name(version: str) -> str:
+    """A version name is one safe path component: letters, digits, ``._-``, not starting with a dot."""
+    if not isinstance(version, str) or not _NAME.fullmatch(version):
+        raise RegistryError(
+            f"invalid version name {version!r}: use letters, digits, '.', '_' or '-' (not starting with '.')"
+        )
+    return version
+
+
+def read_champion(root: str | os.PathLike) -> str | None:
+    """The champion's version name, or None when there is none yet (lock-free, cheap)."""
+    try:
+        text = (Path(root) / CHAMPION_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(path: Path, *, blocking: bool = True, what: str = "registry") -> Iterator[None]:
+    """Exclusive ``fcntl.flock`` on ``path`` (created if missing); the holder's pid is written into it.
+
+    Raises:
+        RegistryBusyError: ``blocking=False`` and another open file description holds the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            raise RegistryBusyError(
+                f"{path}: {what} is locked by another process{f' (pid {holder})' if holder else ''}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    """A model registry rooted at a directory (see the module docstring for the layout).
+
+    Args:
+        root: the registry directory.
+        create: create the layout if missing; otherwise a directory without ``versions/`` is an error.
+
+    Raises:
+        RegistryError: ``root`` is not a registry and ``create`` is False.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = False) -> None:
+        self.root = Path(root)
+        if not (self.root / VERSIONS_DIR).is_dir():
+            if not create:
+                what = "does not exist" if not self.root.exists() else f"has no {VERSIONS_DIR}/ directory"
+                raise RegistryError(f"{self.root}: not a model registry ({what})")
+            (self.root / VERSIONS_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock_state = threading.local()
+
+    # --- paths and reads (lock-free) ------------------------------------------------------------------
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    def version_names(self) -> list[str]:
+        """Every version in the registry, oldest first (names sort by creation time)."""
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+        return sorted(names, key=lambda n: (self._created(n), n))
+
+    def _created(self, version: str) -> str:
+        try:
+            return str(json.loads((self.versions_dir / version / MANIFEST).read_text()).get("created", ""))
+        except (OSError, ValueError):
+            return ""
+
+    def path(self, version: str) -> Path:
+        """Directory of ``version``.
+
+        Raises:
+            UnknownVersionError: no such version (the message lists the known ones).
+        """
+        validate_version_name(version)
+        p = self.versions_dir / version
+        if not p.is_dir():
+            known = self.version_names()
+            listing = ", ".join(known[-5:]) if known else "none"
+            raise UnknownVersionError(
+                f"{self.root}: unknown version {version!r} (known: {listing}{' ...' if len(known) > 5 else ''})"
+            )
+        return p
+
+    def load(self, version: str, verify: bool = True) -> ModelDir:
+        """The version's model directory, re-hashed unless ``verify`` is False."""
+        return ModelDir.load(self.path(version), verify=verify)
+
+    def champion(self) -> str | None:
+        return read_champion(self.root)
+
+    def champion_model(self, verify: bool = True) -> ModelDir | None:
+        """The champion's ModelDir (verified), or None when there is no champion."""
+        version = self.champion()
+        return None if version is None else self.load(version, verify=verify)
+
+    def history(self) -> list[dict]:
+        """Every decision recorded, oldest first (a torn last line from a crash is skipped)."""
+        return _read_jsonl(self.root / HISTORY_FILE)
+
+    def champion_since(self) -> float | None:
+        """Epoch seconds at which the current champion became champion (history, else the pointer's mtime)."""
+        champion = self.champion()
+        if champion is None:
+            return None
+        for entry in reversed(self.history()):
+            if entry.get("decision") not in ("promoted", "rollback"):
+                continue
+            if entry.get("new_champion") == champion:
+                try:
+                    return datetime.fromisoformat(entry["time"]).timestamp()
+                except (KeyError, TypeError, ValueError):
+                    pass
+            break
+        try:
+            return (self.root / CHAMPION_FILE).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def status(self, version: str, history: list[dict] | None = None, champion: str | None = None) -> str:
+        """``champion``, ``rejected``, ``retired`` (was champion), or ``registered``."""
+        champion = self.champion() if champion is None else champion
+        if version == champion:
+            return "champion"
+        history = self.history() if history is None else history
+        status = "registered"
+        for entry in history:
+            if entry.get("new_champion") == version:
+                status = "retired"
+            elif (
+                entry.get("challenger") == version
+                and entry.get("decision") == "rejected"
+                and status != "retired"
+            ):
+                status = "rejected"
+        return status
+
+    def describe(self, version: str, history: list[dict] | None = None, champion: str | None = None) -> dict:
+        """A summary of one version (no re-hashing): window, metrics, lineage, status."""
+        champion = self.champion() if champion is None else champion
+        history = self.history() if history is None else history
+        md = self.load(version, verify=False)
+        m = md.manifest
+        metrics = m.get("metrics") or {}
+        return {
+            "version": version,
+            "champion": version == champion,
+            "status": self.status(version, history, champion),
+            "created": m.get("created"),
+            "model_type": m.get("model_type"),
+            "parent_version": m.get("parent_version"),
+            "data_window": m.get("data_window"),
+            "threshold": m.get("threshold"),
+            "metrics": {
+                "validation": _headline(metrics.get("validation")),
+                "recent_window": _headline(metrics.get("recent_window")),
+            },
+            "compression": m.get("compression"),
+            "bytes": md.bytes_by_role(),
+            "path": str(md.path),
+        }
+
+    def list(self) -> list[dict]:
+        """``describe`` of every version, oldest first."""
+        champion, history = self.champion(), self.history()
+        return [self.describe(v, history, champion) for v in self.version_names()]
+
+    # --- verification ---------------------------------------------------------------------------------
+
+    def verify(self, version: str | None = None) -> dict[str, list[str]]:
+        """Re-hash every file of one version (or all); returns ``{version: [problems]}`` (empty = OK).
+
+        Problems name the file: changed/truncated/missing files, files not in the manifest, a manifest
+        that differs from the one registered, a bad signature, a champion pointer to a missing version.
+        """
+        versions = [version] if version is not None else self.version_names()
+        registered = {
+            e.get("version"): e.get("manifest_sha256") for e in _read_jsonl(self.root / REGISTERED_FILE)
+        }
+        report: dict[str, list[str]] = {}
+        for v in versions:
+            report[v] = self._verify_one(self.path(v), registered.get(v))
+        if version is None:
+            champion = self.champion()
+            if champion is not None and champion not in report:
+                report.setdefault(champion, []).append(
+                    f"{self.root / CHAMPION_FILE}: points to version {champion!r}, which does not exist"
+                )
+        return report
+
+    @staticmethod
+    def _verify_one(path: Path, manifest_sha256: str | None) -> list[str]:
+        problems: list[str] = []
+        manifest_path = path / MANIFEST
+        try:
+            manifest = ModelDir.load(path, verify=False).manifest
+        except ModelDirError as e:
+            return [str(e)]
+        if manifest_sha256 is not None and sha256_file(manifest_path) != manifest_sha256:
+            problems.append(f"{manifest_path}: sha256 does not match the one registered (manifest changed)")
+        files = manifest.get("files") or {}
+        for name, entry in files.items():
+            p = path / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                problems.append(f"{manifest_path}: file entry {name!r} points outside the version directory")
+            elif not p.is_file():
+                problems.append(f"{p}: missing (listed in {MANIFEST})")
+            elif p.stat().st_size != entry.get("bytes"):
+                problems.append(
+                    f"{p}: {p.stat().st_size} bytes, manifest says {entry.get('bytes')} (file changed or truncated)"
+                )
+            elif sha256_file(p) != entry.get("sha256"):
+                problems.append(f"{p}: sha256 does not match {MANIFEST} (file changed or tampered)")
+        for p in sorted(path.rglob("*")):
+            rel = p.relative_to(path).as_posix()
+            if p.is_file() and rel != MANIFEST and rel not in files:
+                problems.append(f"{p}: not listed in {MANIFEST} (unexpected file)")
+        if not problems and os.environ.get(SIGNING_KEY_ENV):
+            try:
+                verify_files(path, manifest)
+            except IntegrityError as e:
+                problems.append(str(e))
+        return problems
+
+    # --- writes (under the lock) ----------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, blocking: bool = True) -> Iterator[None]:
+        """The writers' lock (re-entrant within one thread of this object)."""
+        depth = getattr(self._lock_state, "depth", 0)
+        if depth:
+            self._lock_state.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._lock_state.depth -= 1
+            return
+        with file_lock(self.root / LOCK_FILE, blocking=blocking, what="registry"):
+            self._lock_state.depth = 1
+            try:
+                yield
+            finally:
+                self._lock_state.depth = 0
+
+    def add(self, source: ModelDir | str | os.PathLike, manifest_updates: dict | None = None) -> ModelDir:
+        """Copy a (verified) model directory into ``versions/<its version>`` atomically.
+
+        Args:
+            source: a model directory (re-hashed before copying).
+            manifest_updates: fields merged into the copy's manifest (``parent_version``, metrics...);
+                the files table and signature are recomputed. ``version`` may rename the copy.
+
+        Returns:
+            The registered, verified ModelDir.
+
+        Raises:
+            RegistryError: the version already exists (versions are immutable).
+            IntegrityError / ModelDirError: the source is not a valid model directory.
+        """
+        src = source if isinstance(source, ModelDir) else ModelDir.load(source)
+        if isinstance(source, ModelDir):
+            verify_files(src.path, src.manifest)
+        manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "format", "signature")}
+        manifest.update(manifest_updates or {})
+        manifest["registered"] = _now_iso()
+        version = validate_version_name(str(manifest["version"]))
+        roles = {name: entry["role"] for name, entry in src.manifest["files"].items()}
+
+        def copy(tmp: Path) -> dict[str, str]:
+            for name in roles:
+                dst = tmp / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with open(src.path / name, "rb") as fin, open(dst, "wb") as fout:
+                    while chunk := fin.read(1 << 20):
+                        fout.write(chunk)
+            return roles
+
+        with self.lock():
+            if (self.versions_dir / version).exists():
+                raise RegistryError(
+                    f"{self.root}: version {version!r} already exists (versions are immutable)"
+                )
+            md = write_model_dir(self.versions_dir / version, copy, manifest, overwrite=False)
+            for p in md.path.rglob("*"):
+                if p.is_file():
+                    p.chmod(0o444)
+            _append_jsonl(
+                self.root / REGISTERED_FILE,
+                {
+                    "time": manifest["registered"],
+                    "version": version,
+                    "manifest_sha256": sha256_file(md.path / MANIFEST),
+                },
+            )
+        logger.info("registry: added version=%s root=%s", version, self.root)
+        return md
+
+    def set_champion(
+        self, version: str, *, expected: str | None | object = ..., verify: bool = True
+    ) -> str | None:
+        """Point ``champion`` at ``version`` atomically; returns the previous champion.
+
+        Args:
+            expected: if given, the champion must still be this (None = no champion) or
+                ChampionChangedError is raised and nothing changes (compare-and-set).
+            verify: re-hash the version first and refuse it if any file does not match.
+        """
+        with self.lock():
+            if verify:
+                problems = self._verify_one(self.path(version), self._registered_sha(version))
+                if problems:
+                    raise IntegrityError(f"refusing version {version!r}: " + "; ".join(problems))
+            else:
+                self.path(version)
+            previous = self.champion()
+            if expected is not ... and previous != expected:
+                raise ChampionChangedError(
+                    f"{self.root}: the champion changed from {expected!r} to {previous!r} meanwhile"
+                )
+            self._write_pointer(version)
+        return previous
+
+    def _registered_sha(self, version: str) -> str | None:
+        for entry in reversed(_read_jsonl(self.root / REGISTERED_FILE)):
+            if entry.get("version") == version:
+                return entry.get("manifest_sha256")
+        return None
+
+    def _write_pointer(self, version: str) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{CHAMPION_FILE}.tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(version + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.root / CHAMPION_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+
+    def record(self, entry: dict) -> dict:
+        """Append one decision to ``history.jsonl`` (``time`` added if absent); returns the entry."""
+        entry = {"time": _now_iso(), **entry}
+        with self.lock():
+            _append_jsonl(self.root / HISTORY_FILE, entry)
+        return entry
+
+    def _recorded_metrics(self, version: str | None) -> dict | None:
+        """The headline metrics a version's manifest recorded on its comparison window (if any)."""
+        if version is None:
+            return None
+        try:
+            manifest = self.load(version, verify=False).manifest
+        except (RegistryError, ModelDirError):
+            return None
+        return _headline((manifest.get("metrics") or {}).get("recent_window"))
+
+    def promote(self, version: str, reason: str = "manual promote", **extra) -> dict:
+        """Make ``version`` the champion (verified first) and record the decision; returns the record.
+
+        Promoting the current champion changes nothing and records nothing (``decision: unchanged``).
+        """
+        with self.lock():
+            if self.champion() == version:
+                self.path(version)
+                return {
+                    "challenger": version,
+                    "champion": version,
+                    "decision": "unchanged",
+                    "new_champion": version,
+                }
+            previous = self.set_champion(version)
+            entry = {
+                "challenger": version,
+                "champion": previous,
+                "decision": "promoted",
+                "reason": reason,
+                "new_champion": version,
+                "metrics": {
+                    "challenger": self._recorded_metrics(version),
+                    "champion": self._recorded_metrics(previous),
+                },
+            }
+            entry.update(extra)
+            entry = self.record(entry)
+        logger.info("registry: promoted version=%s previous=%s reason=%s", version, previous, reason)
+        return entry
+
+    def rollback_target(self) -> tuple[str, str]:
+        """(current champion, the champion before it) from the history of champion changes.
+
+        Raises:
+            RegistryError: no champion, or no earlier champion to go back to.
+        """
+        current = self.champion()
+        if current is None:
+            raise RegistryError(f"{self.root}: no champion, nothing to roll back")
+        stack: list[str] = []
+        for entry in self.history():
+            if entry.get("decision") == "promoted" and entry.get("new_champion"):
+                if not stack or stack[-1] != entry["new_champion"]:
+                    stack.append(entry["new_champion"])
+            elif entry.get("decision") == "rollback" and stack:
+                stack.pop()
+        if not stack or stack[-1] != current:
+            stack.append(current)
+        while len(stack) > 1 and stack[-2] == current:
+            stack.pop(-2)
+        if len(stack) < 2:
+            raise RegistryError(f"{self.root}: champion {current!r} has no earlier champion to roll back to")
+        return current, stack[-2]
+
+    def rollback(self, reason: str = "manual rollback") -> dict:
+        """Make the previous champion the champion again (verified first); returns the record."""
+        with self.lock():
+            current, target = self.rollback_target()
+            self.set_champion(target, expected=current)
+            entry = self.record(
+                {
+                    "challenger": target,
+                    "champion": current,
+                    "decision": "rollback",
+                    "reason": reason,
+                    "new_champion": target,
+                    "metrics": {
+                        "challenger": self._recorded_metrics(target),
+                        "champion": self._recorded_metrics(current),
+                    },
+                }
+            )
+        logger.info("registry: rolled back from=%s to=%s", current, target)
+        return entry
+
+
+def _headline(metrics: dict | None) -> dict | None:
+    if not isinstance(metrics, dict):
+        return None
+    keys = ("average_precision", "roc_auc", "card_precision_at_100", "n", "n_fraud", "start", "end")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _append_jsonl(path: Path, entry: dict) -> None:
+    line = (json.dumps(entry, sort_keys=False, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            logger.warning("registry: %s line %d is not JSON (torn write?), skipped", path, i)
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+# --- `fraudlite registry` ------------------------------------------------------------------------------
+
+
+def _fmt_ap(metrics: dict | None) -> str:
+    if not metrics or metrics.get("average_precision") is None:
+        return "-"
+    return f"{metrics['average_precision']:.4f}"
+
+
+def _table(rows: list[dict]) -> str:
+    header = ("VERSION", "STATUS", "CREATED", "MODEL", "TRAIN WINDOW", "VALID AP", "RECENT AP", "PARENT")
+    lines = [header]
+    for r in rows:
+        window = r.get("data_window") or {}
+        span = f"{window.get('train_start', '?')}..{window.get('valid_end', window.get('train_end', '?'))}"
+        lines.append(
+            (
+                r["version"] + (" *" if r["champion"] else ""),
+                r["status"],
+                str(r.get("created") or "-")[:19],
+                str(r.get("model_type") or "-"),
+                span if window else "-",
+                _fmt_ap(r["metrics"]["validation"]),
+                _fmt_ap(r["metrics"]["recent_window"]),
+                str(r.get("parent_version") or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
+    )
+
+
+def registry_command(root: str, action: str, version: str | None = None, as_json: bool = False) -> int:
+    """``fraudlite registry --root DIR list [--json] | show V | promote V | rollback | verify [V]``.
+
+    Returns:
+        0 on success; 1 when ``verify`` finds a problem (each printed on stderr, naming the file).
+
+    Raises:
+        RegistryError / IntegrityError: not a registry, unknown version, nothing to roll back, a promote
+        of a version that fails verification (the registry is unchanged).
+    """
+    import sys
+
+    reg = Registry(root)
+    if action == "list":
+        rows = reg.list()
+        if as_json:
+            print(json.dumps({"root": str(reg.root), "champion": reg.champion(), "versions": rows}, indent=2))
+        elif not rows:
+            print(f"{reg.root}: no versions yet")
+        else:
+            print(_table(rows))
+            print(f"\n* champion: {reg.champion() or 'none'}")
+        return 0
+    if action in ("show", "promote") and not version:
+        raise RegistryError(f"registry {action}: give a VERSION")
+    if action == "show":
+        info = reg.describe(version)
+        info["manifest"] = reg.load(version, verify=False).manifest
+        info["history"] = [
+            e
+            for e in reg.history()
+            if version in (e.get("challenger"), e.get("champion"), e.get("new_champion"))
+        ]
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    if action == "promote":
+        entry = reg.promote(version, reason="manual promote (fraudlite registry promote)")
+        if entry["decision"] == "unchanged":
+            print(f"{version} is already the champion; nothing changed")
+        else:
+            print(f"promoted {version} (previous champion: {entry['champion'] or 'none'})")
+        return 0
+    if action == "rollback":
+        entry = reg.rollback(reason="manual rollback (fraudlite registry rollback)")
+        print(f"rolled back: champion {entry['champion']} -> {entry['new_champion']}")
+        return 0
+    if action == "verify":
+        report = reg.verify(version)
+        bad = 0
+        for v, problems in report.items():
+            if problems:
+                bad += 1
+                for p in problems:
+                    print(f"FAILED {v}: {p}", file=sys.stderr)
+            else:
+                print(f"ok     {v}")
+        if not report:
+            print(f"{reg.root}: no versions to verify")
+        if bad:
+            print(f"{bad} of {len(report)} version(s) failed verification", file=sys.stderr)
+            return 1
+        return 0
+    raise RegistryError(f"unknown registry action {action!r}")

@@ -1,0 +1,421 @@
+"""Configuration of ``fraudlite serve``: frozen dataclasses, one per concern, validated on construction.
+
+This is also the one edge that reads Kafka security settings from the environment or a properties file
+(``kafka_security``) and turns ``fraudlite serve`` flags into a config (``build_serve_config``);
+everything else receives dataclasses.
+Secrets are fields with ``repr=False`` and are never logged: ``KafkaSecurity.describe()`` masks them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from fraudlite.errors import ConfigError
+
+__all__ = [
+    "DELIVERY_MODES",
+    "EXACTLY_ONCE",
+    "AT_LEAST_ONCE",
+    "Topics",
+    "BatchConfig",
+    "DecodeLimits",
+    "KafkaSecurity",
+    "ServeConfig",
+    "kafka_security",
+    "kafka_security_from_env",
+    "kafka_security_from_file",
+    "build_serve_config",
+    "ENV_PREFIX",
+]
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+DELIVERY_MODES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+ENV_PREFIX = "FRAUDLITE_KAFKA_"
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+
+def _topic_name(flag: str, name: str) -> None:
+    # Kafka's own rule: 1..249 chars of [a-zA-Z0-9._-], not "." or "..".
+    if (
+        not name
+        or len(name) > 249
+        or name in (".", "..")
+        or any(not (c.isalnum() or c in "._-") for c in name)
+    ):
+        raise ConfigError(
+            f"{flag}: {name!r} is not a valid Kafka topic name (letters, digits, '.', '_', '-')"
+        )
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names. ``changelog`` defaults to ``<group id>-customer-state-changelog`` (see ServeConfig)."""
+
+    input: str = "transactions"
+    output: str = "fraud-decisions"
+    alerts: str = "fraud-alerts"
+    dlq: str = "transactions-dlq"
+    labels: str | None = "fraud-labels"
+    changelog: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                _topic_name(f"--{f.name.replace('_', '-')}-topic", value)
+        names = [
+            n for n in (self.input, self.output, self.alerts, self.dlq, self.labels, self.changelog) if n
+        ]
+        if len(set(names)) != len(names):
+            raise ConfigError("the input, output, alerts, DLQ, labels and changelog topics must be distinct")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Micro-batching: a batch is whatever ``poll`` returns, up to ``max_records``, waiting at most ``max_ms``."""
+
+    max_records: int = 2000
+    max_ms: int = 50
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_records <= 1_000_000:
+            raise ConfigError(f"--batch-max-records must be in 1..1000000, got {self.max_records}")
+        if not 1 <= self.max_ms <= 60_000:
+            raise ConfigError(f"--batch-max-ms must be in 1..60000, got {self.max_ms}")
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds a transaction message must respect; anything outside goes to the DLQ with a reason.
+
+    Attributes:
+        max_message_bytes: larger values are ``oversize``.
+        max_id_chars: longer (or empty) tx/customer/terminal ids are ``bad_id``.
+        max_amount: amounts above it (or negative, NaN, infinite) are ``bad_amount``.
+        min_timestamp_s / max_timestamp_s: event time bounds (epoch seconds) -> ``bad_timestamp``.
+    """
+
+    max_message_bytes: int = 16_384
+    max_id_chars: int = 128
+    max_amount: float = 10_000_000.0
+    min_timestamp_s: int = 946_684_800  # 2000-01-01
+    max_timestamp_s: int = 4_102_444_800  # 2100-01-01
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"max_message_bytes must be in 64..67108864, got {self.max_message_bytes}")
+        if not 1 <= self.max_id_chars <= 65_536:
+            raise ConfigError(f"max_id_chars must be in 1..65536, got {self.max_id_chars}")
+        if not 0 < self.max_amount < 1e15:
+            raise ConfigError(f"max_amount must be in (0, 1e15), got {self.max_amount}")
+        if not 0 <= self.min_timestamp_s < self.max_timestamp_s <= 253_402_300_799:
+            raise ConfigError(
+                f"timestamp bounds must satisfy 0 <= min < max <= 9999-12-31, got "
+                f"{self.min_timestamp_s}..{self.max_timestamp_s}"
+            )
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Kafka client security settings, passed through to kafka-python. Secrets never appear in repr/logs."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = field(default=None, repr=False)
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in _SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"{ENV_PREFIX}SECURITY_PROTOCOL: must be one of {', '.join(_SECURITY_PROTOCOLS)}, "
+                f"got {self.security_protocol!r}"
+            )
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism not in _SASL_MECHANISMS:
+            raise ConfigError(
+                f"{ENV_PREFIX}SASL_MECHANISM: {self.security_protocol} needs one of {', '.join(_SASL_MECHANISMS)}"
+            )
+        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username or self.sasl_password is None:
+                raise ConfigError(
+                    f"{ENV_PREFIX}SASL_USERNAME and {ENV_PREFIX}SASL_PASSWORD are required for {self.sasl_mechanism}"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}: no such file: {path}")
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for KafkaConsumer/KafkaProducer/KafkaAdminClient (secrets included)."""
+        kw: dict = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                kw["sasl_plain_username"] = self.sasl_username
+                kw["sasl_plain_password"] = self.sasl_password
+        if self.security_protocol.endswith("SSL"):
+            kw["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+                if getattr(self, name) is not None:
+                    kw[name] = getattr(self, name)
+        return kw
+
+    def describe(self) -> str:
+        """A loggable one-liner: protocol, mechanism and user; passwords shown as ``***`` when set."""
+        parts = [f"security_protocol={self.security_protocol}"]
+        if self.sasl_mechanism:
+            parts.append(f"sasl_mechanism={self.sasl_mechanism}")
+        if self.sasl_username:
+            parts.append(f"sasl_username={self.sasl_username}")
+        if self.sasl_password is not None:
+            parts.append("sasl_password=***")
+        if self.ssl_password is not None:
+            parts.append("ssl_password=***")
+        return " ".join(parts)
+
+
+# Keys accepted in a properties file (Kafka client style) and their KafkaSecurity field.
+_FILE_KEYS = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.cafile": "ssl_cafile",
+    "ssl.certfile": "ssl_certfile",
+    "ssl.keyfile": "ssl_keyfile",
+    "ssl.password": "ssl_password",
+    "ssl.check.hostname": "ssl_check_hostname",
+}
+
+
+def _coerce(name: str, value: str) -> object:
+    if name == "ssl_check_hostname":
+        low = value.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"ssl_check_hostname must be true or false, got {value!r}")
+        return low in ("true", "1", "yes")
+    if name in ("security_protocol", "sasl_mechanism"):
+        return value.strip().upper()
+    return value
+
+
+def _file_values(path: str | os.PathLike) -> dict[str, object]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--kafka-config {path}: cannot read ({e.__class__.__name__})") from None
+    values: dict[str, object] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or key not in _FILE_KEYS:
+            raise ConfigError(
+                f"--kafka-config {path}:{lineno}: unknown key {key!r} (known: {', '.join(_FILE_KEYS)})"
+            )
+        values[_FILE_KEYS[key]] = _coerce(_FILE_KEYS[key], value.strip())
+    return values
+
+
+def _env_values(environ: Mapping[str, str] | None) -> dict[str, object]:
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(KafkaSecurity):
+        raw = environ.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, raw)
+    return values
+
+
+def kafka_security(
+    path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None
+) -> KafkaSecurity:
+    """Kafka security settings: a properties file (``--kafka-config``), then ``FRAUDLITE_KAFKA_<FIELD>``
+    variables on top (e.g. ``FRAUDLITE_KAFKA_SASL_PASSWORD``), validated once together.
+
+    The file holds ``key=value`` lines (``security.protocol``, ``sasl.mechanism``, ``sasl.username``,
+    ``sasl.password``, ``ssl.cafile``, ``ssl.certfile``, ``ssl.keyfile``, ``ssl.password``,
+    ``ssl.check.hostname``; ``#`` comments).
+
+    Raises:
+        ConfigError: unreadable file, unknown key (named; values are never shown) or invalid combination.
+    """
+    values = _file_values(path) if path else {}
+    values.update(_env_values(environ))
+    return _merge(KafkaSecurity(), values)
+
+
+def kafka_security_from_file(path: str | os.PathLike, base: KafkaSecurity | None = None) -> KafkaSecurity:
+    """``kafka_security`` from a properties file only, over ``base``."""
+    return _merge(base or KafkaSecurity(), _file_values(path))
+
+
+def kafka_security_from_env(
+    environ: Mapping[str, str] | None = None, base: KafkaSecurity | None = None
+) -> KafkaSecurity:
+    """``kafka_security`` from the environment only, over ``base``."""
+    return _merge(base or KafkaSecurity(), _env_values(environ))
+
+
+def _merge(base: KafkaSecurity, values: Mapping[str, object]) -> KafkaSecurity:
+    current = {f.name: getattr(base, f.name) for f in fields(KafkaSecurity)}
+    current.update(values)
+    return KafkaSecurity(**current)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``fraudlite serve`` needs.
+
+    Exactly one of ``model_dir`` (serve one model directory) and ``registry_dir`` (serve the registry's
+    champion, hot-reloading promotions) is set. ``threshold``/``alert_threshold`` override the model's.
+    ``metrics_port`` 0 picks a free port; ``None`` disables the HTTP endpoint. ``state_changelog`` False
+    keeps customer state in memory only (it is then lost on restart/rebalance); otherwise the customers
+    changed in the last ``changelog_interval_s`` go to the changelog with the next batch (0 = every
+    batch), and a restore replays the input records committed since the last changelog record. ``dlq_envelope`` writes
+    DLQ values as a JSON envelope instead of the original bytes.
+    """
+
+    bootstrap_servers: str
+    model_dir: Path | None = None
+    registry_dir: Path | None = None
+    topics: Topics = field(default_factory=Topics)
+    group_id: str = "fraudlite-scorer"
+    partitions: int = 4
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    delivery: str = EXACTLY_ONCE
+    threshold: float | None = None
+    alert_threshold: float | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9108
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 300_000
+    transaction_timeout_ms: int = 60_000
+    transactional_id: str | None = None
+    client_id: str = "fraudlite-scorer"
+    state_changelog: bool = True
+    changelog_interval_s: float = 1.0
+    dlq_envelope: bool = False
+    auto_offset_reset: str = "earliest"
+    reload_interval_s: float = 5.0
+    lag_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers or any(
+            not hp.rpartition(":")[2].isdigit() for hp in self.bootstrap_servers.split(",")
+        ):
+            raise ConfigError(f"--bootstrap-servers: expected H:P[,H:P...], got {self.bootstrap_servers!r}")
+        if (self.model_dir is None) == (self.registry_dir is None):
+            raise ConfigError("give exactly one of --model DIR and --registry DIR")
+        for name in ("model_dir", "registry_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+                if not Path(value).is_dir():
+                    flag = "--model" if name == "model_dir" else "--registry"
+                    raise ConfigError(f"{flag}: not a directory: {value}")
+        if not self.group_id or len(self.group_id) > 200:
+            raise ConfigError(f"--group-id: must be 1..200 characters, got {self.group_id!r}")
+        if self.topics.changelog is None and self.state_changelog:
+            changelog = f"{self.group_id}-customer-state-changelog"
+            object.__setattr__(self, "topics", replace(self.topics, changelog=changelog))
+        if not 1 <= self.partitions <= 10_000:
+            raise ConfigError(f"--partitions must be in 1..10000, got {self.partitions}")
+        if self.delivery not in DELIVERY_MODES:
+            raise ConfigError(f"--delivery must be one of {', '.join(DELIVERY_MODES)}, got {self.delivery!r}")
+        for name in ("threshold", "alert_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
+        if not self.metrics_host:
+            raise ConfigError("--metrics-host must not be empty")
+        if not 1000 <= self.session_timeout_ms <= 3_600_000:
+            raise ConfigError(f"session_timeout_ms must be in 1000..3600000, got {self.session_timeout_ms}")
+        if not 100 <= self.heartbeat_interval_ms < self.session_timeout_ms:
+            raise ConfigError("heartbeat_interval_ms must be >= 100 and below session_timeout_ms")
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ConfigError("max_poll_interval_ms must be >= session_timeout_ms")
+        if not 1000 <= self.transaction_timeout_ms <= 900_000:
+            raise ConfigError(
+                f"transaction_timeout_ms must be in 1000..900000, got {self.transaction_timeout_ms}"
+            )
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError(f"auto_offset_reset must be earliest or latest, got {self.auto_offset_reset!r}")
+        if not 0 <= self.changelog_interval_s <= 3600:
+            raise ConfigError(f"changelog_interval_s must be in 0..3600, got {self.changelog_interval_s}")
+        if self.reload_interval_s <= 0 or self.lag_interval_s <= 0:
+            raise ConfigError("reload_interval_s and lag_interval_s must be > 0")
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == EXACTLY_ONCE
+
+    def resolved_transactional_id(self) -> str:
+        """The producer's ``transactional.id``: the configured one, else unique per process.
+
+        A stable id per replica (e.g. a StatefulSet pod name) lets a restarted scorer fence its crashed
+        predecessor's open transaction at once instead of waiting for ``transaction_timeout_ms``.
+        """
+        if self.transactional_id:
+            return self.transactional_id
+        return f"{self.group_id}-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeConfig:
+    """``fraudlite serve`` flags (an argparse namespace) + ``FRAUDLITE_KAFKA_*`` environment -> ServeConfig.
+
+    Security settings: ``--kafka-config FILE`` first, then the environment on top.
+
+    Raises:
+        ConfigError: any invalid flag or setting (the message names it).
+    """
+    security = kafka_security(getattr(args, "kafka_config", None), environ)
+    topics = Topics(
+        input=args.input_topic,
+        output=args.output_topic,
+        alerts=args.alerts_topic,
+        dlq=args.dlq_topic,
+        labels=args.labels_topic or None,
+        changelog=args.changelog_topic or None,
+    )
+    limits = DecodeLimits(max_message_bytes=args.max_message_bytes, max_amount=args.max_amount)
+    return ServeConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        model_dir=args.model,
+        registry_dir=args.registry,
+        topics=topics,
+        group_id=args.group_id,
+        partitions=args.partitions,
+        batch=BatchConfig(max_records=args.batch_max_records, max_ms=args.batch_max_ms),
+        delivery=args.delivery,
+        threshold=args.threshold,
+        alert_threshold=args.alert_threshold,
+        metrics_host=args.metrics_host,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        security=security,
+        limits=limits,
+        session_timeout_ms=args.session_timeout_ms,
+        transactional_id=args.transactional_id,
+        state_changelog=not args.no_changelog,
+        dlq_envelope=args.dlq_envelope,
+        reload_interval_s=args.reload_interval,
+    )

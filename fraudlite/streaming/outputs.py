@@ -1,0 +1,114 @@
+"""What the scorer writes: decision/alert messages and DLQ records (pure encoding, no Kafka).
+
+Decision (and alert) value, UTF-8 JSON keyed by customer_id (DESIGN.md)::
+
+    {"tx_id", "customer_id", "score", "decision" ("fraud" | "legit"), "threshold", "model_version",
+     "scored_at" (ISO-8601 UTC, ms)}
+
+A DLQ record keeps the original key and value bytes; headers carry ``fraudlite.dlq.reason`` and
+``fraudlite.source.topic``/``partition``/``offset``. With the envelope option the value is instead a
+JSON object with the same information and the original value (text if UTF-8, else base64).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+
+__all__ = [
+    "FRAUD",
+    "LEGIT",
+    "encode_decisions",
+    "dlq_headers",
+    "dlq_envelope",
+    "iso_now",
+]
+
+FRAUD, LEGIT = "fraud", "legit"
+
+
+class _Decision(msgspec.Struct, gc=False):
+    tx_id: str
+    customer_id: str
+    score: float
+    decision: str
+    threshold: float
+    model_version: str
+    scored_at: str
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    value: str | None
+    value_base64: str | None
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def iso_now(now: float) -> str:
+    """Epoch seconds -> ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_decisions(
+    tx_ids: Sequence[str],
+    customer_ids: Sequence[str],
+    scores: np.ndarray,
+    threshold: float,
+    model_version: str,
+    scored_at: str,
+) -> tuple[list[bytes], np.ndarray]:
+    """JSON decision messages of a batch and the boolean "fraud" mask (score >= threshold).
+
+    Scores are rounded to 6 decimals (float32 precision) so the JSON stays short.
+    """
+    scores = np.asarray(scores)
+    fraud = scores >= threshold
+    rounded = np.round(scores.astype(np.float64), 6).tolist()
+    labels = np.where(fraud, FRAUD, LEGIT).tolist()
+    values = [
+        _encode(_Decision(t, c, s, d, threshold, model_version, scored_at))
+        for t, c, s, d in zip(tx_ids, customer_ids, rounded, labels, strict=True)
+    ]
+    return values, fraud
+
+
+def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """Kafka headers of a DLQ record."""
+    return [
+        ("fraudlite.dlq.reason", reason.encode()),
+        ("fraudlite.source.topic", topic.encode()),
+        ("fraudlite.source.partition", str(partition).encode()),
+        ("fraudlite.source.offset", str(offset).encode()),
+    ]
+
+
+def dlq_envelope(
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> bytes:
+    """The JSON envelope variant of a DLQ value (original bytes as text when UTF-8, else base64)."""
+    text: str | None = None
+    b64: str | None = None
+    if value is not None:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            b64 = base64.b64encode(value).decode()
+    key_text = None if key is None else key.decode("utf-8", "replace")
+    return _encode(_Envelope(reason, topic, partition, offset, timestamp_ms, key_text, text, b64))

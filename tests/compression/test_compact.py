@@ -1,0 +1,197 @@
+"""The entropy-coded compact artifact: bit-exact round trips (hypothesis), coders, corruption, no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraudlite.compression.compact import (
+    BitReader,
+    BitWriter,
+    compact_breakdown,
+    decode_compact,
+    decode_ints,
+    encode_compact,
+    encode_ints,
+    huffman_code_lengths,
+    round_floats,
+)
+from fraudlite.compression.state import CompressedMLP
+from fraudlite.errors import ConfigError, ModelDirError
+
+FLOAT_KINDS = ("fp32", "fp16", "bf16")
+
+
+def _floats(rng: np.random.Generator, shape, kind: str, scale: float = 1.0) -> np.ndarray:
+    a = (rng.standard_normal(shape) * scale).astype(np.float32)
+    if kind == "fp16":
+        return a.astype(np.float16).astype(np.float32)
+    if kind == "bf16":
+        return (a.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    return a
+
+
+@st.composite
+def compressed_mlps(draw) -> CompressedMLP:
+    """Random shapes, sparsity (0..1 inclusive), codebooks (k 1..256, skewed or uniform), float kinds."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_features = draw(st.integers(1, 24))
+    hidden = draw(st.lists(st.integers(1, 40), min_size=0, max_size=3))
+    widths = [n_features, *hidden, 1]
+    kind = draw(st.sampled_from(FLOAT_KINDS))
+    layers, masks, codebooks = [], [], []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        masked = draw(st.booleans())
+        density = draw(st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]))
+        mask = rng.random((b, a)) < density if masked else None
+        if draw(st.booleans()):
+            k = draw(st.sampled_from([1, 2, 5, 16, 33, 256]))
+            centroids = np.sort(_floats(rng, k, kind))
+            p = rng.dirichlet(np.full(k, draw(st.sampled_from([0.2, 1.0, 10.0]))))
+            idx = rng.choice(k, size=(b, a), p=p).astype(np.uint8)
+            if mask is not None:
+                idx[~mask] = 0
+            w = centroids[idx.astype(np.intp)]
+            if mask is not None:
+                w = np.where(mask, w, np.float32(0))
+            cb = (centroids, idx)
+        else:
+            w = _floats(rng, (b, a), kind)
+            if mask is not None:
+                w = np.where(mask, w, np.float32(0))
+            cb = None
+        layers.append((w.astype(np.float32), _floats(rng, b, kind)))
+        masks.append(mask)
+        codebooks.append(cb)
+    mean = _floats(rng, n_features, kind, 10.0)
+    std = np.abs(_floats(rng, n_features, kind)) + np.float32(0.5)
+    if kind == "fp16":
+        std = std.astype(np.float16).astype(np.float32)
+    quant = None
+    if draw(st.booleans()):
+        quant = [{"weight_scale": [0.01] * w.shape[0], "input_scale": 0.02, "bits": 8} for w, _ in layers]
+    stages = [{"name": "prune", "params": {"sparsity": 0.5}}] if draw(st.booleans()) else []
+    return CompressedMLP(layers, mean, std, masks, codebooks, quant, stages)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(compressed_mlps(), st.booleans())
+def test_round_trip_is_bit_exact(c: CompressedMLP, keep_stages: bool) -> None:
+    data = encode_compact(c, keep_stages=keep_stages)
+    back = decode_compact(data)
+    expected = c if keep_stages else CompressedMLP(c.layers, c.mean, c.std, c.masks, c.codebooks, c.quant, [])
+    assert back.equals(expected)
+    assert encode_compact(back, keep_stages=keep_stages) == data  # deterministic, canonical
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 5000), min_size=0, max_size=300),
+    st.sampled_from([None, 8, 16, 256]),
+)
+def test_integer_streams_round_trip(values: list[int], alphabet: int | None) -> None:
+    if alphabet is not None:
+        values = [v % alphabet for v in values]
+    w = BitWriter()
+    encode_ints(w, values, alphabet=alphabet)
+    w.write(0b101, 3)  # a sentinel right after the stream: the reader must stop exactly at its end
+    r = BitReader(w.getvalue())
+    assert decode_ints(r, len(values), alphabet=alphabet).tolist() == values
+    assert r.read(3) == 0b101
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 1000), st.integers(1, 10**6), min_size=1, max_size=200))
+def test_huffman_lengths_form_a_prefix_code(counts: dict[int, int]) -> None:
+    lengths = huffman_code_lengths(counts)
+    assert set(lengths) == set(counts)
+    if len(counts) == 1:
+        assert list(lengths.values()) == [0]
+    else:
+        assert max(lengths.values()) <= 15
+        assert sum(2.0**-n for n in lengths.values()) <= 1.0 + 1e-12
+
+
+def test_length_limit_on_fibonacci_counts() -> None:
+    fib = [1, 1]
+    while len(fib) < 40:
+        fib.append(fib[-1] + fib[-2])
+    lengths = huffman_code_lengths(dict(enumerate(fib)))
+    assert max(lengths.values()) <= 15
+    assert sum(2.0**-n for n in lengths.values()) <= 1.0
+
+
+def test_each_coder_is_chosen_where_it_wins() -> None:
+    rng = np.random.default_rng(0)
+    cases = {
+        "rice": rng.geometric(0.1, 2000) - 1,  # gaps of random pruning: geometric
+        "huffman": rng.choice(16, 2000, p=np.r_[0.7, np.full(15, 0.02)]),  # skewed indices
+        "fixed": rng.integers(0, 16, 2000),  # uniform 4-bit
+    }
+    for expected, values in cases.items():
+        assert encode_ints(BitWriter(), values, alphabet=16 if expected != "rice" else None) == expected
+
+
+def test_pruned_clustered_model_is_far_smaller_than_fp32(make_state) -> None:
+    from fraudlite.compression.cluster import apply_clustering, compute_codebooks
+
+    state = round_floats(make_state(hidden=(64, 32), sparsity=0.9))
+    clustered = round_floats(apply_clustering(state, compute_codebooks(state)))
+    data = encode_compact(clustered)
+    assert decode_compact(data).equals(CompressedMLP(clustered.layers, clustered.mean, clustered.std,
+                                                     clustered.masks, clustered.codebooks))  # fmt: skip
+    assert len(data) * 20 < clustered.fp32_bytes()  # biases and stats (fp16) are most of the rest
+    parts = compact_breakdown(clustered)
+    assert abs(sum(parts.values()) - len(data)) <= 16  # the breakdown accounts for the artifact
+
+
+def test_round_floats_halves_float_storage(make_state) -> None:
+    state = make_state(hidden=(16, 8))
+    rounded = round_floats(state)
+    assert len(encode_compact(rounded)) < 0.55 * len(encode_compact(state))
+    assert np.array_equal(round_floats(rounded, "float32").layers[0][0], rounded.layers[0][0])
+    with pytest.raises(ConfigError):
+        round_floats(state, "float8")
+
+
+def test_negative_zero_in_a_pruned_entry_is_refused(make_state) -> None:
+    state = make_state(hidden=(8,), sparsity=0.5)
+    w, b = state.layers[0]
+    w = w.copy()
+    w[~state.masks[0]] = -0.0
+    bad = CompressedMLP([(w, b), state.layers[1]], state.mean, state.std, state.masks, state.codebooks)
+    with pytest.raises(ConfigError, match="round-trip"):
+        encode_compact(bad)
+
+
+def test_corrupt_and_truncated_artifacts_raise_model_dir_error(make_state) -> None:
+    data = encode_compact(make_state(hidden=(16, 8), sparsity=0.6))
+    with pytest.raises(ModelDirError, match="magic"):
+        decode_compact(b"XYZ" + data[3:])
+    with pytest.raises(ModelDirError, match="version"):
+        decode_compact(data[:3] + b"\x09" + data[4:])
+    for cut in range(4, len(data) - 1, max(1, len(data) // 25)):
+        with pytest.raises(ModelDirError):
+            decode_compact(data[:cut])
+
+
+def test_decoding_needs_neither_torch_nor_pandas(make_state, tmp_path) -> None:
+    path = tmp_path / "model.flc"
+    path.write_bytes(encode_compact(make_state(hidden=(8, 4), sparsity=0.5)))
+    code = (
+        "import sys\n"
+        "from fraudlite.compression.compact import decode_compact\n"
+        f"c = decode_compact(open({str(path)!r}, 'rb').read())\n"
+        "print(c.hidden, c.predict_proba(__import__('numpy').zeros((2, c.n_features), 'float32')).shape)\n"
+        "heavy = [m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(8, 4) (2,)" in out.stdout

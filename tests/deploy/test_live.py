@@ -1,0 +1,513 @@
+"""End to end: the shipped dashboard and rules against a real Prometheus scraping a real scorer and a real
+retrain scheduler, with traffic flowing on the embedded broker.
+
+One stack per module (about two minutes):
+
+* a transactions file ending today and a registry whose champion the product's own
+  ``fraudlite retrain --once`` trained on it;
+* ``fraudlite serve --registry`` (as deployed) and ``fraudlite retrain --schedule "* * * * *"`` (so a
+  scheduled run completes within a minute or two and the "last success" panels get data);
+* ``fraudlite replay`` at a steady rate with its late labels, plus a trickle of invalid messages;
+* ``prometheus`` on a free port scraping both as jobs ``fraudlite-scorer`` / ``fraudlite-retrain`` every
+  second and evaluating ``deploy/prometheus/alerts.yml`` every second, with every ``for:`` removed so an
+  alert's condition shows as firing at once (the expressions are the shipped ones, untouched).
+
+Checks: every metric name the dashboard and the rules use is in a live ``/metrics`` scrape; the k8s
+readiness probe and the compose healthcheck pass against the live scorer; every dashboard query and
+variable returns data through Prometheus's HTTP API; every rule evaluates without error; poison messages
+make FraudliteDLQRateHigh fire; stopping the scorer makes FraudliteScorerDown fire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_lib import (
+    ALERTS_YML,
+    COMPOSE_YML,
+    PROMETHEUS_SYNTHETIC,
+    RETRAIN_JOB,
+    RETRAIN_METRICS,
+    SCORER_JOB,
+    base_metric_name,
+    dashboard_queries,
+    free_port,
+    k8s_object,
+    load_yaml,
+    metric_names,
+    parse_exposition,
+    resolve_recording,
+    rule_queries,
+    to_promql,
+    variable_queries,
+    which,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RATE_INTERVAL = "15s"  # $__rate_interval for a 1 s scrape interval
+REPLAY_RATE = 100  # tx/s: the 27k-row file lasts ~4.5 minutes, longer than the module
+SETUP_TIMEOUT_S = 90
+
+
+# --- processes ----------------------------------------------------------------------------------------
+
+
+class Proc:
+    """A subprocess with its output in a log file; ``stop()`` sends SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log = log_dir / f"{name}.log"
+        self._fh = self.log.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.popen = subprocess.Popen(
+            cmd, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        self._fh.flush()
+        text = self.log.read_text(encoding="utf-8", errors="replace")
+        return f"--- {self.name} (exit {self.popen.poll()}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._fh.close()
+
+
+def fraudlite(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fraudlite", *args]
+
+
+def run_checked(cmd: list[str], what: str, timeout: float = 300) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{what} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def http_get(url: str, timeout: float = 5.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read()
+
+
+def wait_for(predicate, timeout_s: float, what: str, procs: list[Proc] = (), interval_s: float = 0.5):
+    """Poll ``predicate()`` until it returns a truthy value; fail with the processes' log tails."""
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                pytest.fail(f"{p.name} exited while waiting for {what}\n{p.tail()}")
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+            last_error = e
+        time.sleep(interval_s)
+    tails = "\n".join(p.tail() for p in procs)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last error: {last_error!r})\n{tails}")
+
+
+class PoisonProducer(threading.Thread):
+    """Sends invalid transaction messages at ``rate`` per second until stopped (``rate`` can change)."""
+
+    SAMPLES = (b"{not json", b'{"tx_id": "p1"}', b"[1, 2, 3]", b'{"tx_id":"p2","timestamp":"x",'
+               b'"customer_id":"c","terminal_id":"t","amount":-5}')  # fmt: skip
+
+    def __init__(self, bootstrap: str, topic: str, rate: float) -> None:
+        super().__init__(daemon=True, name="poison")
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="fraudlite-tests-poison")
+        self.topic = topic
+        self.rate = rate
+        self.sent = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            value = self.SAMPLES[self.sent % len(self.SAMPLES)]
+            self.producer.send(self.topic, key=f"poison-{self.sent % 7}".encode(), value=value)
+            self.sent += 1
+            self.stopped.wait(1.0 / self.rate)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+        self.producer.close(timeout=5)
+
+
+# --- the stack ----------------------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, Proc] = {}
+        self.poison: PoisonProducer | None = None
+        self.scorer_port = free_port()
+        self.retrain_port = free_port()
+        self.prom_port = free_port()
+
+    @property
+    def scorer_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.scorer_port}/metrics"
+
+    @property
+    def retrain_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.retrain_port}/metrics"
+
+    def start(self, name: str, cmd: list[str]) -> Proc:
+        self.procs[name] = Proc(name, cmd, self.tmp)
+        return self.procs[name]
+
+    def close(self) -> None:
+        if self.poison is not None:
+            self.poison.stop()
+        for p in reversed(list(self.procs.values())):
+            p.stop()
+
+    # Prometheus HTTP API ------------------------------------------------------------------------------
+
+    def api(self, path: str, **params) -> dict:
+        url = f"http://127.0.0.1:{self.prom_port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params, doseq=True)
+        body = json.loads(http_get(url, timeout=10))
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] in ("vector", "scalar"), data
+        return data["result"] if data["resultType"] == "vector" else [{"metric": {}, "value": data["result"]}]
+
+    def firing(self, alertname: str) -> list[dict]:
+        return [
+            a
+            for a in self.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == alertname and a["state"] == "firing"
+        ]
+
+
+def _e2e_rules(path: Path) -> Path:
+    """alerts.yml with every ``for`` removed and every group evaluated each second; expressions untouched."""
+    doc = load_yaml(ALERTS_YML)
+    for group in doc["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(broker, tmp_path_factory) -> Iterator[Stack]:
+    prometheus_bin = which("prometheus")
+    tmp = tmp_path_factory.mktemp("e2e")
+    s = Stack(tmp)
+    try:
+        # Data ending today (the scheduler's runs use today's date) and a first champion.
+        days = 45
+        start = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
+        data = tmp / "transactions.parquet"
+        run_checked(
+            fraudlite("-q", "generate", "--out", str(data), "--customers", "300", "--terminals", "600",
+                      "--days", str(days), "--start-date", start, "--seed", "7"),
+            "fraudlite generate",
+        )  # fmt: skip
+        # A recipe without stages and a loose AP budget: every run registers a model quickly, whatever the
+        # compression search would make of this small dataset (model quality is not what is tested here).
+        recipe = tmp / "recipe.toml"
+        recipe.write_text('[export]\nprecision = "fp32"\nstorage = "fp32"\n')
+        registry = tmp / "registry"
+        retrain_args = ["--registry", str(registry), "--data", str(data), "--train-days", "21", "--max-epochs", "2",
+                        "--recipe", str(recipe), "--max-ap-drop", "0.99"]  # fmt: skip
+        first = json.loads(
+            run_checked(fraudlite("-q", "retrain", *retrain_args, "--once"), "fraudlite retrain --once")
+        )
+        assert first["decision"] == "promoted", f"no first champion: {first['reason']}"
+
+        suffix = os.urandom(3).hex()
+        topics = {name: f"e2e-{name}-{suffix}" for name in ("tx", "decisions", "alerts", "dlq", "labels")}
+        s.topics = topics
+        scorer = s.start(
+            "scorer",
+            fraudlite("serve", "--registry", str(registry), "--bootstrap-servers", broker.bootstrap,
+                      "--input-topic", topics["tx"], "--output-topic", topics["decisions"],
+                      "--alerts-topic", topics["alerts"], "--dlq-topic", topics["dlq"],
+                      "--labels-topic", topics["labels"], "--group-id", f"e2e-{suffix}", "--partitions", "4",
+                      "--metrics-host", "127.0.0.1", "--metrics-port", str(s.scorer_port),
+                      "--reload-interval", "1"),
+        )  # fmt: skip
+        retrain = s.start(
+            "retrain",
+            fraudlite("retrain", *retrain_args, "--schedule", "* * * * *",
+                      "--metrics-host", "127.0.0.1", "--metrics-port", str(s.retrain_port)),
+        )  # fmt: skip
+        wait_for(
+            lambda: b"\nfraudlite_scorer_ready 1.0" in http_get(s.scorer_metrics_url),
+            SETUP_TIMEOUT_S,
+            "the scorer to be ready",
+            [scorer],
+        )
+        wait_for(
+            lambda: http_get(s.retrain_metrics_url), SETUP_TIMEOUT_S, "retrain scheduler metrics", [retrain]
+        )
+        s.start(
+            "replay",
+            fraudlite("replay", "--data", str(data), "--bootstrap-servers", broker.bootstrap,
+                      "--topic", topics["tx"], "--rate", str(REPLAY_RATE),
+                      "--labels-topic", topics["labels"], "--label-delay-days", "7"),
+        )  # fmt: skip
+        s.poison = PoisonProducer(broker.bootstrap, topics["tx"], rate=0.5)  # ~0.3%: below the DLQ alert
+        s.poison.start()
+
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(_e2e_rules(tmp / "alerts.e2e.yml"))],
+            "scrape_configs": [
+                {"job_name": SCORER_JOB, "static_configs": [{"targets": [f"127.0.0.1:{s.scorer_port}"]}]},
+                {"job_name": RETRAIN_JOB, "static_configs": [{"targets": [f"127.0.0.1:{s.retrain_port}"]}]},
+            ],
+        }
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        prom = s.start(
+            "prometheus",
+            [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{s.prom_port}", "--log.level=warn"],
+        )  # fmt: skip
+        wait_for(
+            lambda: http_get(f"http://127.0.0.1:{s.prom_port}/-/ready"), SETUP_TIMEOUT_S, "Prometheus", [prom]
+        )
+        yield s
+    finally:
+        s.close()
+
+
+def _procs(stack: Stack, *names: str) -> list[Proc]:
+    return [stack.procs[n] for n in names if n in stack.procs]
+
+
+# --- metric names --------------------------------------------------------------------------------------
+
+
+def used_metric_names() -> dict[str, set[str]]:
+    """metric name -> where it is used (dashboard panels, variables, rules), recording rules resolved."""
+    used: dict[str, set[str]] = {}
+    queries = [(q.where, q.expr) for q in dashboard_queries() + rule_queries()]
+    queries += [(f"variable ${name}", sel) for name, sel, _ in variable_queries()]
+    for where, expr in queries:
+        for name in resolve_recording(metric_names(to_promql(expr))):
+            used.setdefault(name, set()).add(where)
+    return used
+
+
+def exported_names(url: str) -> set[str]:
+    samples, histograms = parse_exposition(http_get(url).decode())
+    return {base_metric_name(s, histograms) for s in samples} | histograms | samples
+
+
+def test_every_metric_used_is_exported_by_a_running_process(stack):
+    """Dashboard + rules use only names a live scorer or retrain scheduler exports (or Prometheus adds).
+
+    Some series appear only once the scorer has worked a little (consumer lag is published every few
+    seconds after an assignment), so the scrapes are repeated for a while before reporting what is missing.
+    """
+    used = used_metric_names()
+    deadline = time.monotonic() + 30
+    while True:
+        scorer = exported_names(stack.scorer_metrics_url)
+        retrain = exported_names(stack.retrain_metrics_url)
+        missing = {n: sorted(w) for n, w in used.items() if n not in scorer | retrain | PROMETHEUS_SYNTHETIC}
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"used but exported by neither the scorer nor the retrain scheduler: {missing}"
+    # the retrain names the dashboard relies on are the scheduler's (not only the scorer's)
+    assert RETRAIN_METRICS <= retrain, f"the scheduler does not export {sorted(RETRAIN_METRICS - retrain)}"
+    assert RETRAIN_METRICS <= set(used), "every retrain metric is shown or alerted on"
+    scorer_only = {n for n in used if n.startswith("fraudlite_") and n not in RETRAIN_METRICS}
+    assert scorer_only <= scorer
+
+
+def test_every_exported_scorer_metric_is_used():
+    """The reverse direction, as a report: scorer metrics neither charted nor alerted on."""
+    from prometheus_client import CollectorRegistry
+
+    from fraudlite.streaming.metrics import ScorerMetrics
+
+    registry = CollectorRegistry()
+    ScorerMetrics(registry, process=False)
+    exported = {m.name for m in registry.collect()}
+    used = used_metric_names()
+    used_bases = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in used}
+    unused = {n for n in exported if re.sub(r"_total$", "", n) not in used_bases}
+    # Deliberately not on the dashboard: per-partition restore time is in the scorer's log.
+    assert unused <= {"fraudlite_state_restore_seconds"}, sorted(unused)
+
+
+# --- probes --------------------------------------------------------------------------------------------
+
+
+def _with_port(command: list[str], port: int) -> list[str]:
+    return [
+        sys.executable if c == "python" else c.replace("127.0.0.1:9108", f"127.0.0.1:{port}") for c in command
+    ]
+
+
+def test_k8s_readiness_probe_passes_on_a_ready_scorer(stack):
+    container = k8s_object("Deployment", "fraudlite-scorer")["spec"]["template"]["spec"]["containers"][0]
+    cmd = _with_port(container["readinessProbe"]["exec"]["command"], stack.scorer_port)
+    assert subprocess.run(cmd, timeout=10).returncode == 0
+
+
+def test_k8s_readiness_probe_fails_without_a_scorer():
+    container = k8s_object("Deployment", "fraudlite-scorer")["spec"]["template"]["spec"]["containers"][0]
+    cmd = _with_port(container["readinessProbe"]["exec"]["command"], free_port())
+    assert subprocess.run(cmd, timeout=10, capture_output=True).returncode != 0
+
+
+def test_compose_healthcheck_passes_on_a_ready_scorer(stack):
+    test = load_yaml(COMPOSE_YML)["x-serve"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    assert subprocess.run(_with_port(test[1:], stack.scorer_port), timeout=10).returncode == 0
+
+
+# --- Prometheus ----------------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_scorer_and_scheduler(stack):
+    def both_up():
+        result = stack.query("up")
+        return {r["metric"]["job"] for r in result if r["value"][1] == "1"} >= {SCORER_JOB, RETRAIN_JOB}
+
+    wait_for(both_up, 30, "both targets up", _procs(stack, "prometheus"))
+
+
+def _finite(result: list[dict]) -> bool:
+    return any(math.isfinite(float(r["value"][1])) for r in result)
+
+
+def test_every_rule_evaluates(stack):
+    def evaluated():
+        rules = [r for g in stack.api("rules")["groups"] for r in g["rules"]]
+        return rules if all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
+
+    rules = wait_for(evaluated, 30, "every rule evaluated", _procs(stack, "prometheus"))
+    shipped = {r.get("alert") or r["record"] for g in load_yaml(ALERTS_YML)["groups"] for r in g["rules"]}
+    assert {r["name"] for r in rules} == shipped
+    bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok" or r.get("lastError")}
+    assert not bad, bad
+    # the recording rules produce series from live data
+    for record in (
+        "fraudlite:transactions_scored:rate5m",
+        "fraudlite:alert_ratio:rate15m",
+        "fraudlite:alert_ratio:rate1d",
+    ):
+        wait_for(lambda r=record: stack.query(r), 30, f"recording rule {record}")
+    # Healthy traffic: once Prometheus has a few samples (a rate needs two; without `for:` an alert fires
+    # on its first evaluation), none of the scorer's failure alerts fires.
+    quiet = {"FraudliteDLQRateHigh", "FraudliteScorerDown", "FraudliteKafkaUnreachable",
+             "FraudliteNoTransactionsScored", "FraudliteModelReloadFailed", "FraudliteScorerMemoryHigh"}  # fmt: skip
+
+    def firing_quiet() -> set[str]:
+        return {
+            a["labels"]["alertname"] for a in stack.api("alerts")["alerts"] if a["state"] == "firing"
+        } & quiet
+
+    wait_for(lambda: not firing_quiet(), 20, "healthy traffic to fire no failure alert")
+    time.sleep(3)  # three more evaluations
+    assert not firing_quiet()
+
+
+def test_every_dashboard_query_returns_data(stack):
+    """Each panel query returns at least one finite sample; retrain panels once a scheduled run completed."""
+    queries = {q.where: to_promql(q.expr, rate_interval=RATE_INTERVAL) for q in dashboard_queries()}
+    pending = dict(queries)
+
+    def all_have_data():
+        for where, expr in list(pending.items()):
+            if _finite(stack.query(expr)):
+                del pending[where]
+        return not pending
+
+    try:
+        # the first scheduled retrain fires at the next minute and takes ~30 s (more with compression)
+        wait_for(
+            all_have_data, 300, "data for every dashboard query", _procs(stack, "scorer", "prometheus"), 2
+        )
+    except pytest.fail.Exception:
+        raise AssertionError(
+            "dashboard queries without data:\n"
+            + "\n".join(f"  {w}: {e}" for w, e in pending.items())
+            + "\n"
+            + "\n".join(p.tail(15) for p in stack.procs.values())
+        ) from None
+    throughput = stack.query(queries["Scored [A]"])
+    assert float(throughput[0]["value"][1]) > 0, "traffic is being scored"
+    completed = stack.query('sum(fraudlite_retrain_runs_total{outcome=~"promoted|rejected"})')
+    assert float(completed[0]["value"][1]) >= 1, "a scheduled retrain run completed"
+
+
+def test_dashboard_variables_have_values(stack):
+    for name, selector, label in variable_queries():
+        series = stack.api("series", **{"match[]": to_promql(selector)})
+        values = {s[label] for s in series if label in s}
+        assert values, f"variable ${name}: no values for {label} in {selector}"
+    series = stack.api("series", **{"match[]": "fraudlite_consumer_lag_messages"})
+    assert {s["topic"] for s in series} == {stack.topics["tx"]}
+
+
+def test_dlq_alert_fires_on_poison_messages(stack):
+    assert stack.poison is not None and stack.poison.is_alive()
+    assert not stack.firing("FraudliteDLQRateHigh")
+    stack.poison.rate = 60.0  # ~30% of the input
+    alerts = wait_for(
+        lambda: stack.firing("FraudliteDLQRateHigh"),
+        60,
+        "FraudliteDLQRateHigh to fire",
+        _procs(stack, "scorer"),
+    )
+    (alert,) = alerts
+    assert alert["labels"]["severity"] == "warning"
+    assert "of input messages go to the DLQ" in alert["annotations"]["summary"]
+    reasons = {
+        r["metric"]["reason"] for r in stack.query("sum by (reason) (fraudlite_dlq_messages_total) > 0")
+    }
+    assert {"bad_json", "missing_field", "not_object"} <= reasons
+    stack.poison.rate = 0.5
+
+
+def test_scorer_down_alert_fires_when_the_scorer_stops(stack):
+    scorer = stack.procs["scorer"]
+    scorer.stop()
+    assert scorer.popen.returncode == 0, scorer.tail()  # graceful SIGTERM shutdown
+    alerts = wait_for(lambda: stack.firing("FraudliteScorerDown"), 30, "FraudliteScorerDown to fire")
+    assert alerts[0]["labels"]["job"] == SCORER_JOB and alerts[0]["labels"]["severity"] == "critical"

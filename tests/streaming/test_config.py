@@ -1,0 +1,97 @@
+"""ServeConfig and friends: validation, Kafka security from env/file, secrets never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from fraudlite.cli import build_parser
+from fraudlite.errors import ConfigError
+from fraudlite.streaming.config import (
+    BatchConfig,
+    DecodeLimits,
+    KafkaSecurity,
+    ServeConfig,
+    Topics,
+    build_serve_config,
+    kafka_security,
+)
+
+
+def test_defaults(tmp_path):
+    cfg = ServeConfig(bootstrap_servers="127.0.0.1:9092", model_dir=tmp_path)
+    assert cfg.exactly_once and cfg.metrics_host == "127.0.0.1" and cfg.metrics_port == 9108
+    assert cfg.topics.changelog == "fraudlite-scorer-customer-state-changelog"
+    assert cfg.topics.input == "transactions" and cfg.topics.dlq == "transactions-dlq"
+    assert cfg.resolved_transactional_id() != cfg.resolved_transactional_id()
+    assert (
+        ServeConfig("h:1", model_dir=tmp_path, transactional_id="pod-0").resolved_transactional_id()
+        == "pod-0"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,flag",
+    [
+        ({"bootstrap_servers": "nohostport"}, "--bootstrap-servers"),
+        ({"model_dir": None}, "exactly one"),
+        ({"delivery": "twice"}, "--delivery"),
+        ({"threshold": 1.5}, "--threshold"),
+        ({"metrics_port": 70000}, "--metrics-port"),
+        ({"partitions": 0}, "--partitions"),
+        ({"session_timeout_ms": 6000, "heartbeat_interval_ms": 6000}, "heartbeat"),
+    ],
+)
+def test_invalid_settings_name_the_flag(tmp_path, kwargs, flag):
+    base = {"bootstrap_servers": "h:1", "model_dir": tmp_path}
+    base.update(kwargs)
+    with pytest.raises(ConfigError, match=flag):
+        ServeConfig(**base)
+
+
+def test_other_dataclasses_validate():
+    with pytest.raises(ConfigError, match="distinct"):
+        Topics(input="t", output="t")
+    with pytest.raises(ConfigError, match="topic name"):
+        Topics(output="bad topic")
+    with pytest.raises(ConfigError):
+        BatchConfig(max_records=0)
+    with pytest.raises(ConfigError):
+        DecodeLimits(max_amount=-1)
+    with pytest.raises(ConfigError, match="SASL_USERNAME"):
+        KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN")
+
+
+def test_security_from_env_and_file_never_shows_secrets(tmp_path):
+    props = tmp_path / "client.properties"
+    props.write_text(
+        "# kafka\nsecurity.protocol=sasl_plaintext\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=svc\n"
+    )
+    env = {"FRAUDLITE_KAFKA_SASL_PASSWORD": "hunter2-secret", "UNRELATED": "x"}
+    sec = kafka_security(props, env)
+    assert sec.security_protocol == "SASL_PLAINTEXT" and sec.sasl_mechanism == "SCRAM-SHA-512"
+    kw = sec.client_kwargs()
+    assert kw["sasl_plain_username"] == "svc" and kw["sasl_plain_password"] == "hunter2-secret"
+    assert "hunter2" not in repr(sec) and "hunter2" not in sec.describe() and "***" in sec.describe()
+    props.write_text("sasl.password.typo=hunter2-secret\n")
+    with pytest.raises(ConfigError) as e:
+        kafka_security(props, {})
+    assert "hunter2" not in str(e.value)
+
+
+def test_build_from_cli_flags(tmp_path, monkeypatch):
+    args = build_parser().parse_args(
+        [
+            "serve", "--registry", str(tmp_path), "--bootstrap-servers", "k1:9092,k2:9092",
+            "--input-topic", "tx", "--labels-topic", "", "--delivery", "at-least-once", "--metrics-port", "-1",
+            "--batch-max-records", "100", "--group-id", "g1",
+        ]
+    )  # fmt: skip
+    cfg = build_serve_config(args, environ={"FRAUDLITE_KAFKA_SECURITY_PROTOCOL": "SSL"})
+    assert cfg.registry_dir == tmp_path and cfg.model_dir is None
+    assert (
+        cfg.topics.input == "tx"
+        and cfg.topics.labels is None
+        and cfg.topics.changelog == "g1-customer-state-changelog"
+    )
+    assert not cfg.exactly_once and cfg.metrics_port is None and cfg.batch.max_records == 100
+    assert cfg.security.security_protocol == "SSL"
