@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -119,6 +120,15 @@ def worker_scorer(bootstrap: str, topic: str, n: int, model: str, latency: bool,
     sink: list[np.ndarray] = []
     if latency:
         scorer.latency_sink = sink
+    ready_file = os.environ.get("BENCH_READY_FILE")
+    if ready_file:  # tell the driver once partitions are assigned (and state restored)
+
+        def announce() -> None:
+            while not scorer.online.states:
+                time.sleep(0.05)
+            Path(ready_file).touch()
+
+        threading.Thread(target=announce, daemon=True).start()
     scorer.connect()
     scorer.run(until=lambda s: s.consumed >= 1)
     first = scorer.summary.consumed
@@ -172,9 +182,129 @@ def _run_worker(*args: str, timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _spawn_worker(*args: str) -> subprocess.Popen:
+def _spawn_worker(*args: str, ready: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "BENCH_READY_FILE": str(ready)} if ready else None
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def measure(
+    n: int = 60_000,
+    rounds: int = 2,
+    model_dir: str | None = None,
+    fp32_model: str | None = None,
+    latency_seconds: float = 20.0,
+    fractions: tuple[float, ...] = (0.5, 0.25),
+    model_label: str | None = None,
+) -> str:
+    """Run every measurement on a fresh embedded broker; returns the markdown section."""
+    from streaming_support import feature_stats, produce, write_model
+
+    from fraudlite.streaming.broker import EmbeddedBroker
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        boot = broker.bootstrap
+        data = _data(n)
+        model = model_dir or str(write_model(Path(tmp) / "model", stats=feature_stats(data)).path)
+        model_note = model_label or model_dir or "a small random MLP (no trained model given)"
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=boot)
+        topic, labels = "bench-transactions", "bench-labels"
+        admin.create_topics(
+            {
+                t: {"num_partitions": PARTITIONS, "replication_factor": 1}
+                for t in (topic, labels, "bench-pass-out")
+            },
+            wait_for_metadata=True,
+        )
+        admin.close()
+        produce(boot, topic, data.messages())
+
+        runs: dict[str, list[dict]] = {"passthrough": [], "scorer": []}
+        models = {"scorer": model}
+        if fp32_model:
+            runs["scorer-fp32"] = []
+            models["scorer-fp32"] = fp32_model
+        for _ in range(rounds):
+            runs["passthrough"].append(_run_worker("passthrough", boot, topic, str(n), "bench-pass-out"))
+            for name, path in models.items():
+                runs[name].append(_run_worker("scorer", boot, topic, str(n), path, "0", labels))
+        med = {k: float(np.median([r["rate"] for r in v])) for k, v in runs.items()}
+        cpu = {k: float(np.median([r["cpu_us"] for r in v])) for k, v in runs.items()}
+        ratio = med["scorer"] / med["passthrough"]
+        rows.append(("passthrough throughput", f"{med['passthrough']:,.0f} msg/s", f"median of {rounds}"))
+        rows.append(("scorer throughput", f"{med['scorer']:,.0f} msg/s", f"median of {rounds}"))
+        rows.append(("scorer / passthrough", f"{ratio:.2f}x", "target >= 0.8x, aim 1.0x"))
+        rows.append(
+            ("CPU per message, passthrough / scorer", f"{cpu['passthrough']:.1f} / {cpu['scorer']:.1f} us",
+             f"process CPU (all threads); ratio {cpu['passthrough'] / cpu['scorer']:.2f}x, steadier than wall "
+             "time on a loaded machine")
+        )  # fmt: skip
+        rss = max(r["rss_mb"] for r in runs["scorer"])
+        rows.append(("scorer peak RSS", f"{rss:.0f} MB", "VmHWM; target <= 150 MB"))
+        if fp32_model:
+            rows.append(("scorer throughput, fp32 model", f"{med['scorer-fp32']:,.0f} msg/s", ""))
+            rss32 = max(r["rss_mb"] for r in runs["scorer-fp32"])
+            rows.append(("scorer peak RSS, fp32 model", f"{rss32:.0f} MB", ""))
+        heavy = sorted({m for r in runs["scorer"] for m in r["modules_torch_pandas"]})
+        rows.append(("torch/pandas imported by the scorer", ", ".join(heavy) or "none", ""))
+
+        # Latency at half the scorer's maximum rate (and a quarter): a live producer process and a
+        # scorer process; on a shared 2-core machine the producer competes with the scorer for CPU.
+        for fraction in fractions:
+            rate = med["scorer"] * fraction
+            n_live = max(1000, int(rate * latency_seconds))
+            live = f"bench-live-{uuid.uuid4().hex[:6]}"
+            admin = KafkaAdminClient(bootstrap_servers=boot)
+            admin.create_topics(
+                {live: {"num_partitions": PARTITIONS, "replication_factor": 1}}, wait_for_metadata=True
+            )
+            admin.close()
+            ready = Path(tmp) / f"ready-{live}"
+            scorer = _spawn_worker("scorer", boot, live, str(n_live), model, "1", labels, ready=ready)
+            deadline = time.monotonic() + 120
+            while not ready.exists():  # traffic starts once the scorer owns its partitions
+                if scorer.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"latency scorer did not start:\n{scorer.communicate()[1][-3000:]}")
+                time.sleep(0.1)
+            _run_worker("produce", boot, live, str(n_live), f"{rate:.1f}", "11")
+            out, err = scorer.communicate(timeout=600)
+            if scorer.returncode != 0:
+                raise RuntimeError(f"latency scorer failed:\n{err[-3000:]}")
+            lat = json.loads(out.strip().splitlines()[-1])
+            rows.append(
+                (f"end-to-end latency p50 / p99 at {fraction:g} x max",
+                 f"{lat['latency_p50_ms']:.1f} / {lat['latency_p99_ms']:.1f} ms",
+                 f"{rate:,.0f} msg/s for {latency_seconds:.0f} s, n={lat['latency_n']}")
+            )  # fmt: skip
+
+    lines = ["| metric | value | note |", "| --- | --- | --- |"]
+    lines += [f"| {metric} | {value} | {note} |" for metric, value, note in rows]
+    which = f"model {model_note}" + (
+        ", fp32 comparison: the uncompressed model it came from" if fp32_model else ""
+    )
+    lines += [
+        "",
+        f"Streaming: {n} synthetic transactions (5000 customers, 3000 terminals, 30 days), {PARTITIONS} "
+        f"partitions, batches of up to {BATCH}, embedded broker, exactly-once for both sides; {which}. "
+        "Passthrough = read_committed group consumer, msgspec decode, one small JSON per record to the "
+        "record's partition, send_offsets_to_transaction + commit per poll (no features, no model).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(workdir: Path) -> str:
+    """``make bench`` section. Serves the compressed model that ``bench_compression`` wrote into the same
+    bench run (and compares with its fp32 source) when present, else a small random MLP."""
+    compression = workdir.parent / "bench_compression"
+    compressed, trained = compression / "compressed", compression / "trained"
+    if (compressed / "manifest.json").is_file() and (trained / "manifest.json").is_file():
+        return measure(
+            model_dir=str(compressed), fp32_model=str(trained), model_label="compressed by bench_compression"
+        )
+    return measure()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,94 +333,15 @@ def main(argv: list[str] | None = None) -> None:
             result = worker_produce(rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]))
         print(json.dumps(result))
         return
-
-    from streaming_support import feature_stats, produce, write_model
-
-    from fraudlite.streaming.broker import EmbeddedBroker
-
-    n = args.n
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        boot = broker.bootstrap
-        data = _data(n)
-        model = args.model or str(write_model(Path(tmp) / "model", stats=feature_stats(data)).path)
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=boot)
-        topic, labels = "bench-transactions", "bench-labels"
-        admin.create_topics(
-            {
-                t: {"num_partitions": PARTITIONS, "replication_factor": 1}
-                for t in (topic, labels, "bench-pass-out")
-            },
-            wait_for_metadata=True,
-        )
-        admin.close()
-        produce(boot, topic, data.messages())
-
-        runs: dict[str, list[dict]] = {"passthrough": [], "scorer": []}
-        models = {"scorer": model}
-        if args.fp32_model:
-            runs["scorer-fp32"] = []
-            models["scorer-fp32"] = args.fp32_model
-        for _ in range(args.rounds):
-            runs["passthrough"].append(_run_worker("passthrough", boot, topic, str(n), "bench-pass-out"))
-            for name, path in models.items():
-                runs[name].append(_run_worker("scorer", boot, topic, str(n), path, "0", labels))
-        med = {k: float(np.median([r["rate"] for r in v])) for k, v in runs.items()}
-        cpu = {k: float(np.median([r["cpu_us"] for r in v])) for k, v in runs.items()}
-        ratio = med["scorer"] / med["passthrough"]
-        rows.append(
-            ("passthrough throughput", f"{med['passthrough']:,.0f} msg/s", f"median of {args.rounds}")
-        )
-        rows.append(("scorer throughput", f"{med['scorer']:,.0f} msg/s", f"median of {args.rounds}"))
-        rows.append(("scorer / passthrough", f"{ratio:.2f}x", "target >= 0.8x, aim 1.0x"))
-        rows.append(
-            ("CPU per message, passthrough / scorer", f"{cpu['passthrough']:.1f} / {cpu['scorer']:.1f} us",
-             f"process CPU (all threads); ratio {cpu['passthrough'] / cpu['scorer']:.2f}x, steadier than wall "
-             "time on a loaded machine")
-        )  # fmt: skip
-        rss = max(r["rss_mb"] for r in runs["scorer"])
-        rows.append(("scorer peak RSS", f"{rss:.0f} MB", "VmHWM; target <= 150 MB"))
-        if args.fp32_model:
-            rows.append(("scorer throughput, fp32 model", f"{med['scorer-fp32']:,.0f} msg/s", ""))
-            rss32 = max(r["rss_mb"] for r in runs["scorer-fp32"])
-            rows.append(("scorer peak RSS, fp32 model", f"{rss32:.0f} MB", ""))
-        heavy = sorted({m for r in runs["scorer"] for m in r["modules_torch_pandas"]})
-        rows.append(("torch/pandas imported by the scorer", ", ".join(heavy) or "none", ""))
-
-        # Latency at half the scorer's maximum rate (and a quarter): a live producer process and a
-        # scorer process; on a shared 2-core machine the producer competes with the scorer for CPU.
-        for fraction in args.latency_fractions:
-            rate = med["scorer"] * fraction
-            n_live = max(1000, int(rate * args.latency_seconds))
-            live = f"bench-live-{uuid.uuid4().hex[:6]}"
-            admin = KafkaAdminClient(bootstrap_servers=boot)
-            admin.create_topics(
-                {live: {"num_partitions": PARTITIONS, "replication_factor": 1}}, wait_for_metadata=True
-            )
-            admin.close()
-            scorer = _spawn_worker("scorer", boot, live, str(n_live), model, "1", labels)
-            time.sleep(8)  # let it join the group before traffic starts
-            _run_worker("produce", boot, live, str(n_live), f"{rate:.1f}", "11")
-            out, err = scorer.communicate(timeout=600)
-            if scorer.returncode != 0:
-                raise RuntimeError(f"latency scorer failed:\n{err[-3000:]}")
-            lat = json.loads(out.strip().splitlines()[-1])
-            rows.append(
-                (f"end-to-end latency p50 / p99 at {fraction:g} x max",
-                 f"{lat['latency_p50_ms']:.1f} / {lat['latency_p99_ms']:.1f} ms",
-                 f"{rate:,.0f} msg/s for {args.latency_seconds:.0f} s, n={lat['latency_n']}")
-            )  # fmt: skip
-
-    print("| metric | value | note |")
-    print("| --- | --- | --- |")
-    for metric, value, note in rows:
-        print(f"| {metric} | {value} | {note} |")
-    print()
     print(
-        f"Streaming: {n} synthetic transactions (5000 customers, 3000 terminals, 30 days), {PARTITIONS} "
-        f"partitions, batches of up to {BATCH}, embedded broker; exactly-once for both sides."
+        measure(
+            args.n,
+            args.rounds,
+            args.model,
+            args.fp32_model,
+            args.latency_seconds,
+            tuple(args.latency_fractions),
+        )
     )
 
 
