@@ -106,7 +106,22 @@ def _score(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.demo import run_demo
 
-    return run_demo(args.out, args.customers, args.terminals, args.days, args.seed)
+    if args.retrain:
+        from fraudlite.pipeline.retrain import retrain_demo
+
+        return retrain_demo(f"{args.out}/retrain", seed=args.seed)
+    return run_demo(
+        args.out,
+        args.customers,
+        args.terminals,
+        args.days,
+        args.seed,
+        max_ap_drop=args.max_ap_drop,
+        stream=not args.no_stream,
+        forever=args.forever,
+        metrics_port=args.metrics_port,
+        rate=args.rate,
+    )
 
 
 def _add_foundation(sub: argparse._SubParsersAction) -> None:
@@ -158,12 +173,30 @@ def _add_foundation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output CSV (written atomically)")
     p.set_defaults(func=_score)
 
-    p = sub.add_parser("demo", help="run the whole job on generated data and print a results table")
+    p = sub.add_parser(
+        "demo",
+        help="the whole loop on generated data: train, compress, stream through Kafka, score",
+        description="Generate data, train the MLP and baselines, compress the MLP, then replay the test window "
+        "through the embedded Kafka broker into the scorer serving the compressed model, with a live status "
+        "line and Prometheus metrics; --retrain shows one retrain-and-promote cycle instead.",
+    )
     p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
     p.add_argument("--customers", type=int, default=2000, help="customers to simulate (default 2000)")
     p.add_argument("--terminals", type=int, default=4000, help="terminals to simulate (default 4000)")
     p.add_argument("--days", type=int, default=120, help="days to simulate (default 120)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument(
+        "--max-ap-drop", type=float, default=0.01, help="compression budget in validation AP (default 0.01)"
+    )
+    p.add_argument("--no-stream", action="store_true", help="stop after training and compression")
+    p.add_argument("--forever", action="store_true", help="keep serving after the replay (Ctrl-C to stop)")
+    p.add_argument("--metrics-port", type=int, default=9108, help="scorer metrics port (default 9108)")
+    p.add_argument(
+        "--rate", type=float, default=3000, help="replay rate in tx/s, 0 = flat out (default 3000)"
+    )
+    p.add_argument(
+        "--retrain", action="store_true", help="show one retrain-and-promote cycle on drifted data"
+    )
     p.set_defaults(func=_demo)
 
 

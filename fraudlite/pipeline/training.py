@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,38 +134,39 @@ def prepare_training_data(df: pd.DataFrame, config: TrainConfig, spec: FeatureSp
 
 
 def _fit(data: TrainingData, config: TrainConfig):
-    """Train the requested model; returns (onnx bytes, weights writer or None, validation scores)."""
+    """Train the requested model; returns (onnx bytes, weights writer or None, validation scores, normalization)."""
     from fraudlite.models import (
         TEACHER_CONFIG,
         MLPConfig,
         baseline_to_onnx,
         export_mlp,
         save_mlp,
+        standardization_stats,
         train_baseline,
         train_mlp,
     )
     from fraudlite.runtime import OnnxScorer
 
     X, y = data.X, data.y
-    Xt, yt, Xv, yv = X[data.train], y[data.train], X[data.valid], y[data.valid]
     if config.model_type in ("mlp", "teacher"):
-        mlp_config = TEACHER_CONFIG if config.model_type == "teacher" else MLPConfig()
-        overrides = {"seed": config.seed}
-        if config.max_epochs is not None:
-            overrides["max_epochs"] = config.max_epochs
-        mlp_config = type(mlp_config)(**{**asdict(mlp_config), **overrides})
-        model, _history = train_mlp(Xt, yt, Xv, yv, mlp_config)  # logs one progress line per epoch
+        base = TEACHER_CONFIG if config.model_type == "teacher" else MLPConfig()
+        mlp_config = replace(base, seed=config.seed, max_epochs=config.max_epochs or base.max_epochs)
+        # Row masks instead of X[mask]: no copy of the training matrix (logs one progress line per epoch).
+        model, _history = train_mlp(X, y, X, y, mlp_config, train_rows=data.train, valid_rows=data.valid)
         onnx_bytes = export_mlp(model)
-        return onnx_bytes, (lambda path: save_mlp(model, path)), OnnxScorer(onnx_bytes).score(Xv)
+        mean, std = model.normalization()
+        valid_scores = OnnxScorer(onnx_bytes).score(X[data.valid])
+        return onnx_bytes, (lambda path: save_mlp(model, path)), valid_scores, (mean, std)
+    Xt, yt, Xv, yv = X[data.train], y[data.train], X[data.valid], y[data.valid]
     model = train_baseline(config.model_type, Xt, yt, Xv, yv, seed=config.seed)
     onnx_bytes = baseline_to_onnx(model).SerializeToString()
-    return onnx_bytes, None, OnnxScorer(onnx_bytes).score(Xv)
+    return onnx_bytes, None, OnnxScorer(onnx_bytes).score(Xv), standardization_stats(X, rows=data.train)
 
 
 def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out: str | Path) -> ModelDir:
     """Train, pick thresholds on validation, and write the model directory atomically."""
     t0 = time.perf_counter()
-    onnx_bytes, write_weights, valid_scores = _fit(data, config)
+    onnx_bytes, write_weights, valid_scores, (mean, std) = _fit(data, config)
     threshold, alert_threshold = choose_thresholds(data.y[data.valid], valid_scores)
     full_scores = np.zeros(len(data.df), dtype=np.float32)
     full_scores[data.valid] = valid_scores
@@ -175,7 +176,7 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
         out,
         onnx_bytes=onnx_bytes,
         spec=spec,
-        normalization=_normalization(data.X[data.train]),
+        normalization={"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
         write_weights=write_weights,
         manifest={
             "model_type": config.model_type,
@@ -190,13 +191,6 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
             "n_valid": int(data.valid.sum()),
         },
     )
-
-
-def _normalization(X: np.ndarray) -> dict:
-    return {
-        "mean": X.mean(axis=0, dtype=np.float64).tolist(),
-        "std": X.std(axis=0, dtype=np.float64).tolist(),
-    }
 
 
 def write_trained_model(
