@@ -21,8 +21,9 @@ of the centroids, sparsity kept.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +40,8 @@ __all__ = [
     "clustered_parametrization",
     "finetune_centroids",
     "round_half",
+    "cluster_sensitivity",
+    "choose_per_layer_k",
     "pow2_standardization",
     "cluster_stage",
 ]
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 _INITS = ("linear", "density")
 _WEIGHTINGS = ("none", "fisher")
+_AUTO_KS = (2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class ClusterConfig:
     Attributes:
         k: clusters per layer (16 -> 4-bit indices); at most 256.
         per_layer_k: ``{layer index: k}`` overrides.
+        auto_k_max_drop: when set, every layer not in ``per_layer_k`` gets the smallest power of two
+            in 2..256 whose k-means-only validation AP drop (one layer at a time, see
+            :func:`cluster_sensitivity`) is <= this; ``k`` is then ignored.
         init: ``"linear"`` (over [min, max], default) or ``"density"`` (quantiles).
         weighting: ``"none"`` or ``"fisher"`` (importance-weighted centroids, see :func:`fisher_diagonal`).
         max_iter: Lloyd iterations.
@@ -69,6 +76,7 @@ class ClusterConfig:
 
     k: int = 16
     per_layer_k: dict[int, int] | None = None
+    auto_k_max_drop: float | None = None
     init: str = "linear"
     weighting: str = "none"
     max_iter: int = 100
@@ -81,7 +89,7 @@ class ClusterConfig:
     batch_size: int = 1024
     patience: int = 2
     dropout: float = 0.0
-    kd_alpha: float = 0.0
+    kd_alpha: float = 0.5
     kd_temperature: float = 2.0
     seed: int = 0
 
@@ -100,6 +108,10 @@ class ClusterConfig:
                     raise ConfigError(f"per_layer_k: bad layer index {key!r}")
                 parsed[i] = _check_k(k, f"per_layer_k[{key}]")
             object.__setattr__(self, "per_layer_k", parsed)
+        if self.auto_k_max_drop is not None and not (
+            math.isfinite(self.auto_k_max_drop) and 0 <= self.auto_k_max_drop < 1
+        ):
+            raise ConfigError(f"auto_k_max_drop must be in [0, 1) or None, got {self.auto_k_max_drop}")
         if self.init not in _INITS:
             raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {self.init!r}")
         if self.weighting not in _WEIGHTINGS:
@@ -429,6 +441,39 @@ def round_half(state: CompressedMLP) -> CompressedMLP:
     return out
 
 
+def cluster_sensitivity(
+    state: CompressedMLP,
+    X_valid: np.ndarray,
+    y_valid: np.ndarray,
+    ks: Sequence[int] = (4, 8, 16, 32, 64),
+    init: str = "linear",
+) -> list[dict]:
+    """Validation AP with one layer at a time clustered to each ``k`` (k-means only, no fine-tuning).
+
+    Returns:
+        Rows ``{"layer", "n_weights", "k", "ap", "ap_drop"}`` (``ap_drop`` vs the unclustered model).
+    """
+    base = _ap(state, X_valid, y_valid)
+    rows = []
+    for i, ((w, _b), m) in enumerate(zip(state.layers, state.masks, strict=True)):
+        for k in ks:
+            codebooks: list[Codebook | None] = [None] * len(state.layers)
+            codebooks[i] = compute_codebook(w, m, int(k), init)
+            ap = _ap(apply_clustering(state, codebooks), X_valid, y_valid)
+            rows.append({"layer": i, "n_weights": int(w.size), "k": int(k), "ap": ap, "ap_drop": base - ap})
+    return rows
+
+
+def choose_per_layer_k(table: list[dict], max_drop: float) -> dict[int, int]:
+    """Per layer, the smallest tried ``k`` whose k-means AP drop is <= ``max_drop`` (else the largest)."""
+    out: dict[int, int] = {}
+    for layer in sorted({int(r["layer"]) for r in table}):
+        rows = sorted((r for r in table if int(r["layer"]) == layer), key=lambda r: r["k"])
+        fits = [r["k"] for r in rows if r["ap_drop"] <= max_drop]
+        out[layer] = int(fits[0] if fits else rows[-1]["k"])
+    return out
+
+
 def pow2_standardization(state: CompressedMLP) -> CompressedMLP:
     """The same function with ``mean = 0`` and ``std`` rounded to powers of two (in log space), the
     difference folded into layer 0: ``W0[:, i] *= std'_i / std_i``, ``b0 -= W0 @ (mean / std)``.
@@ -471,6 +516,11 @@ def cluster_stage(
         raise ConfigError("weight sharing must run before quantization; reorder the stages")
     ap_before = _ap(state, data.X_valid, data.y_valid)
     source = pow2_standardization(state) if config.pow2_stats and state.codebooks[0] is None else state
+    chosen = None
+    if config.auto_k_max_drop is not None:
+        table = cluster_sensitivity(source, data.X_valid, data.y_valid, _AUTO_KS, config.init)
+        chosen = {**choose_per_layer_k(table, config.auto_k_max_drop), **(config.per_layer_k or {})}
+        config = replace(config, per_layer_k=chosen)
     importance = (
         fisher_diagonal(source, data.X_train, data.y_train, seed=config.seed)
         if config.weighting == "fisher"
@@ -495,5 +545,6 @@ def cluster_stage(
             valid_ap_kmeans=ap_kmeans,
             valid_ap_after=ap_after,
             bits=[None if b is None else b for b in out.cluster_bits()],
+            chosen_k=None if chosen is None else {str(i): k for i, k in sorted(chosen.items())},
         )
     )

@@ -103,7 +103,7 @@ class PruneConfig:
     batch_size: int = 1024
     patience: int = 3
     dropout: float = 0.0
-    kd_alpha: float = 0.0
+    kd_alpha: float = 0.5
     kd_temperature: float = 2.0
     remove_dead_units: bool = True
     seed: int = 0
@@ -156,7 +156,7 @@ class StructuredConfig:
     batch_size: int = 1024
     patience: int = 3
     dropout: float = 0.0
-    kd_alpha: float = 0.0
+    kd_alpha: float = 0.5
     kd_temperature: float = 2.0
     seed: int = 0
 
@@ -465,10 +465,9 @@ def prune_gradual(
 
         def step_hook(module: object) -> None:
             counter[0] += 1
+            after_step(module)  # first re-zero, so momentum cannot revive a pruned weight into the ranking
             if counter[0] in update_at:
                 update(update_at[counter[0]])
-            else:
-                after_step(module)
 
         _train(model, data, config, config.prune_epochs, early_stopping=False, schedule="constant",
                after_backward=after_backward, after_step=step_hook, progress=progress, teacher=teacher)  # fmt: skip

@@ -17,7 +17,9 @@ Training fake-quantizes both (straight-through estimator) on top of the existing
 Zero stays zero (zero point 0), so sparsity is kept exactly. After the stage, every layer's float
 weights are exactly representable by its int8 values and scales: an exporter that quantizes with
 ``quant[i]`` reproduces them bit for bit. Weight scales are recomputed from the current weights at
-every step (exact at the end); activation ranges stay fixed at their calibrated values.
+every step and, at the end, are the ones the weights are snapped with; activation ranges stay fixed
+at their calibrated values. The better of post-training quantization and QAT (validation AP of the
+int8-simulated model) is kept.
 
 ``quant[i]`` (JSON-ready): ``weight_scale`` (list, one per output unit), ``weight_zero_point`` (zeros),
 ``weight_qmin``/``weight_qmax`` (-127/127), ``per_channel``, ``input_scale``, ``input_zero_point``
@@ -90,7 +92,7 @@ class QATConfig:
     batch_size: int = 1024
     patience: int = 2
     dropout: float = 0.0
-    kd_alpha: float = 0.0
+    kd_alpha: float = 0.5
     kd_temperature: float = 2.0
     seed: int = 0
 
@@ -328,8 +330,8 @@ def qat_stage(
     """The quantization stage: calibrate, fine-tune with fake quantization, snap weights to int8 grids.
 
     Returns:
-        A new state with ``quant`` set (scales recomputed from the final weights; activation ranges as
-        calibrated) and the stage record (``valid_ap_ptq``: AP of post-training quantization before
+        A new state with ``quant`` set (weight scales: the exact grids the final weights sit on;
+        activation ranges as calibrated before training) and the stage record (``valid_ap_ptq``: AP of post-training quantization before
         QAT, ``valid_ap_after``: of the final int8-simulated model).
     """
     config = config or QATConfig()

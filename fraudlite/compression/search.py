@@ -1,11 +1,14 @@
 """Accuracy-bounded search: run the recipe's stages in order, each with the most aggressive candidate
 setting whose validation AP stays within ``max_ap_drop`` of the source model's.
 
-Greedy, stage by stage (the strategy of Intel Neural Compressor's accuracy-driven tuning and NNI's
-iterative pruners): for stage ``i`` the candidates of ``[search]`` are tried from the smallest model to
-the largest; the first whose *cumulative* AP drop (source AP minus AP after this stage) is within the
-budget is kept and the next stage starts from it. The drop is always measured against the source, so
-the budget is never spent twice. When no candidate of a stage fits, an ``optional`` stage is skipped
+Stage by stage (the strategy of Intel Neural Compressor's accuracy-driven tuning and NNI's iterative
+pruners): for stage ``i`` the candidates of ``[search]`` are tried from the smallest model to the
+largest; the first whose *cumulative* AP drop (source AP minus AP after this stage) is within the
+stage's share of the budget is kept and the next stage starts from it. The drop is always measured
+against the source, so the budget is never spent twice. The share is ``(i + 1) / n`` of
+``--max-ap-drop`` by default (``budget = "proportional"``; measured: with ``"greedy"`` a first stage
+that spends the whole budget leaves later, nearly free stages nothing), the whole budget for the last
+stage. When no candidate of a stage fits, an ``optional`` stage is skipped
 (the next stage starts from the same model) and a required one stops the search with a
 :class:`SearchError` that lists every trial and says what would make it fit.
 """
@@ -115,6 +118,7 @@ def run_search(
     for i, spec in enumerate(recipe.stages):
         runner = stage_runner(spec.name)
         candidates = recipe.candidates(i)
+        stage_budget = recipe.stage_budget(i, max_ap_drop)
         stage_trials = []
         for j, overrides in enumerate(candidates):
             config = spec.config(overrides)
@@ -130,7 +134,7 @@ def run_search(
             )
             metrics = evaluate(out)
             drop = source_ap - metrics["average_precision"]
-            ok = drop <= max_ap_drop + 1e-12
+            ok = drop <= stage_budget + 1e-12
             trial = Trial(spec.name, i, overrides, metrics, drop, ok, time.perf_counter() - t0, out)
             trial.compact_bytes = len(encode_compact(out))
             trials.append(trial)
@@ -151,7 +155,9 @@ def run_search(
                 break
         else:
             if not spec.optional:
-                raise SearchError(_explain(spec.name, i, stage_trials, source_ap, max_ap_drop), trials)
+                raise SearchError(
+                    _explain(spec.name, i, stage_trials, source_ap, max_ap_drop, stage_budget), trials
+                )
             best = min(t.ap_drop for t in stage_trials)
             msg = (
                 f"compress: stage {i + 1}/{n_stages} {spec.name}: skipped (optional; no candidate within the "
@@ -172,12 +178,16 @@ def _relay(line: str, progress: Callable[[str], None] | None) -> None:
         progress(line)
 
 
-def _explain(stage: str, index: int, trials: list[Trial], source_ap: float, max_ap_drop: float) -> str:
+def _explain(
+    stage: str, index: int, trials: list[Trial], source_ap: float, max_ap_drop: float, stage_budget: float
+) -> str:
     best = min(trials, key=lambda t: t.ap_drop)
     tried = "; ".join(f"{t.setting or 'recipe settings'}: AP drop {t.ap_drop:+.4f}" for t in trials)
+    share = "" if stage_budget >= max_ap_drop else f" (this stage's share: {stage_budget:.4f})"
+    needed = best.ap_drop * max_ap_drop / stage_budget if stage_budget > 0 else best.ap_drop
     return (
         f"compression stopped at stage {index + 1} ({stage!r}): no setting kept the validation AP drop within "
-        f"--max-ap-drop {max_ap_drop} (source AP {source_ap:.4f}). Tried: {tried}. "
-        f"The smallest drop was {best.ap_drop:.4f}; raise --max-ap-drop to at least {best.ap_drop:.4f}, add "
-        f"milder candidates for {stage!r} to the recipe's [search], or remove the stage."
+        f"--max-ap-drop {max_ap_drop}{share} (source AP {source_ap:.4f}). Tried: {tried}. "
+        f"The smallest drop was {best.ap_drop:.4f}; raise --max-ap-drop to at least {needed:.4f}, add "
+        f"milder candidates for {stage!r} to the recipe's [search], make the stage optional, or remove it."
     )

@@ -153,3 +153,20 @@ def test_fisher_diagonal_shapes_and_weighting_option(base_state, stage_data):
     assert all(np.array_equal(a, b) for a, b in zip(fisher, again, strict=True))
     with pytest.raises(ConfigError):
         ClusterConfig(weighting="hessian")
+
+
+def test_cluster_sensitivity_and_automatic_k(base_state, stage_data):
+    from fraudlite.compression.cluster import choose_per_layer_k, cluster_sensitivity
+
+    table = cluster_sensitivity(base_state, stage_data.X_valid, stage_data.y_valid, ks=(4, 64))
+    assert len(table) == 6 and {r["k"] for r in table} == {4, 64}
+    assert choose_per_layer_k(table, max_drop=1.0) == {0: 4, 1: 4, 2: 4}
+    assert choose_per_layer_k(table, max_drop=-1.0) == {0: 64, 1: 64, 2: 64}
+    out = cluster_stage(
+        base_state, stage_data, ClusterConfig(auto_k_max_drop=0.01, per_layer_k={2: 4}, finetune_epochs=0)
+    )
+    chosen = out.stages[-1]["chosen_k"]
+    assert set(chosen) == {"0", "1", "2"} and chosen["2"] == 4
+    assert [len(cb[0]) <= chosen[str(i)] for i, cb in enumerate(out.codebooks)] == [True] * 3
+    with pytest.raises(ConfigError):
+        ClusterConfig(auto_k_max_drop=2.0)

@@ -37,6 +37,7 @@ k = 8
 finetune_epochs = 1
 
 [search]
+budget = "greedy"
 "prune.sparsity" = [0.9, 0.5]
 
 [export]

@@ -95,3 +95,15 @@ def test_optional_flag() -> None:
     assert recipe.to_dict()["stages"][0]["optional"] is True
     with pytest.raises(ConfigError, match="optional must be true or false"):
         parse_recipe('[[stage]]\nname = "prune"\noptional = "yes"\n')
+
+
+def test_budget_schedule() -> None:
+    text = '[[stage]]\nname = "prune"\n[[stage]]\nname = "cluster"\n[[stage]]\nname = "distill"\n'
+    proportional = parse_recipe(text)
+    assert proportional.budget == "proportional"
+    assert [round(proportional.stage_budget(i, 0.006), 6) for i in range(3)] == [0.002, 0.004, 0.006]
+    greedy = parse_recipe(text + '[search]\nbudget = "greedy"\n')
+    assert [greedy.stage_budget(i, 0.006) for i in range(3)] == [0.006] * 3
+    assert greedy.to_dict()["search"] == {"budget": "greedy"}
+    with pytest.raises(ConfigError, match="budget must be one of"):
+        parse_recipe(text + '[search]\nbudget = "lavish"\n')
