@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -64,25 +65,36 @@ def throughput(
     return best_wall, best_cpu
 
 
+def table(customers: int = 1_000_000, rows: int = 200_000, batch: int = 500) -> str:
+    """Markdown rows: state bytes per customer and online compute rate."""
+    spec = FeatureSpec()
+    state, ids = fill_state(spec, customers)
+    per_customer = state.nbytes / len(state)
+    wall, cpu = throughput(spec, state, ids, rows, batch)
+    return (
+        f"| online state bytes per customer ({len(state):,} customers) | {per_customer:.1f} B "
+        f"| target <= 256; {state.nbytes / 2**20:.1f} MiB allocated, capacity {state.capacity:,} |\n"
+        f"| online features compute, batch {batch} | {wall:,.0f} rows/s "
+        f"| {cpu:,.0f} rows per CPU-second; {rows:,} rows, {len(state):,} customers, 10k terminals; best of 3 |"
+    )
+
+
+def run(workdir: Path) -> str:
+    """``make bench`` section."""
+    return (
+        "## Online feature state (issue 4)\n\n| measure | value | notes |\n|---|---|---|\n"
+        + table()
+        + "\n\nReproduce: `.venv/bin/python benchmarks/bench_state.py`."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
-    spec = FeatureSpec()
-    state, ids = fill_state(spec, args.customers)
-    per_customer = state.nbytes / len(state)
-    print(
-        f"| online state bytes per customer ({len(state):,} customers) | {per_customer:.1f} B "
-        f"| target <= 256; {state.nbytes / 2**20:.1f} MiB allocated, capacity {state.capacity:,} |"
-    )
-    wall, cpu = throughput(spec, state, ids, args.rows, args.batch)
-    print(
-        f"| online features compute, batch {args.batch} | {wall:,.0f} rows/s "
-        f"| {cpu:,.0f} rows per CPU-second; {args.rows:,} rows, {len(state):,} customers, 10k terminals; "
-        "best of 3 |"
-    )
+    print(table(args.customers, args.rows, args.batch))
 
 
 if __name__ == "__main__":
