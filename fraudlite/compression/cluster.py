@@ -1,10 +1,8 @@
 """Weight sharing (Han et al. 2016): per-layer 1-D k-means of the surviving weights, then fine-tuning
 of the centroids, sparsity kept.
 
-- :func:`compute_codebook`: Lloyd's k-means on the kept weights of one layer with linear initialization
-  over ``[min, max]`` (Han et al. found it best: it keeps the rare large weights), centroids sorted
-  ascending, empty clusters dropped (so a codebook may hold fewer than ``k`` entries), pruned entries
-  excluded (their index is 0 and their weight stays exactly 0).
+- :func:`compute_codebook` (:mod:`fraudlite.compression.kmeans`, re-exported here): Lloyd's k-means on
+  the kept weights of one layer, linear initialization, centroids ascending, pruned entries excluded.
 - Fine-tuning: each clustered layer's weight becomes a function of its centroids,
   ``W = centroids[indices] * mask`` (a ``torch.nn.utils.parametrize`` parametrization), so the gradient
   of a centroid is the sum of the gradients of the weights it represents and only centroids (and
@@ -27,7 +25,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fraudlite.compression.prune import _ap, _check_training, _model, _teacher, _train, mask_hooks
+from fraudlite.compression.finetune import (
+    ap_of,
+    check_training,
+    frozen_teacher,
+    mask_hooks,
+    train,
+    training_model,
+)
+from fraudlite.compression.kmeans import INITS, check_k, compute_codebook
 from fraudlite.compression.state import Codebook, CompressedMLP, StageData, stage_record
 from fraudlite.errors import ConfigError
 
@@ -48,7 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_INITS = ("linear", "density")
 _WEIGHTINGS = ("none", "fisher")
 _AUTO_KS = (2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -94,7 +99,7 @@ class ClusterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_k(self.k, "k")
+        check_k(self.k, "k")
         if self.per_layer_k is not None:
             if not isinstance(self.per_layer_k, dict):
                 raise ConfigError(f"per_layer_k must be a table {{layer index: k}}, got {self.per_layer_k!r}")
@@ -106,121 +111,27 @@ class ClusterConfig:
                     raise ConfigError(f"per_layer_k: bad layer index {key!r}") from exc
                 if i < 0:
                     raise ConfigError(f"per_layer_k: bad layer index {key!r}")
-                parsed[i] = _check_k(k, f"per_layer_k[{key}]")
+                parsed[i] = check_k(k, f"per_layer_k[{key}]")
             object.__setattr__(self, "per_layer_k", parsed)
         if self.auto_k_max_drop is not None and not (
             math.isfinite(self.auto_k_max_drop) and 0 <= self.auto_k_max_drop < 1
         ):
             raise ConfigError(f"auto_k_max_drop must be in [0, 1) or None, got {self.auto_k_max_drop}")
-        if self.init not in _INITS:
-            raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {self.init!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.weighting not in _WEIGHTINGS:
             raise ConfigError(f"weighting must be one of {', '.join(_WEIGHTINGS)}, got {self.weighting!r}")
         if int(self.max_iter) < 1:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
         if int(self.finetune_epochs) < 0:
             raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        _check_training(self)
+        check_training(self)
 
     def k_for(self, layer: int) -> int:
         return (self.per_layer_k or {}).get(layer, self.k)
 
 
-def _check_k(k: object, name: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= 256:
-        raise ConfigError(f"{name} must be an integer in 1..256, got {k!r}")
-    return int(k)
-
-
-# ---------------------------------------------------------------------------- pure k-means
-
-
-def compute_codebook(
-    weights: np.ndarray,
-    mask: np.ndarray | None,
-    k: int,
-    init: str = "linear",
-    max_iter: int = 100,
-    importance: np.ndarray | None = None,
-) -> Codebook:
-    """1-D k-means of the kept weights of one layer.
-
-    Args:
-        weights: W [out, in] (any shape).
-        mask: bool keep-mask shaped like ``weights`` or None (every entry kept).
-        k: maximum number of clusters (1..256).
-        init: ``"linear"`` or ``"density"``.
-        max_iter: Lloyd iterations (stops earlier once the assignment is stable).
-        importance: optional non-negative weight per entry (e.g. :func:`fisher_diagonal`): centroids
-            become importance-weighted means (Choi et al. 2017, Hessian-weighted k-means).
-
-    Returns:
-        ``(centroids float32 [<= k] ascending, indices uint8 shaped like weights)``; indices of pruned
-        entries are 0. When the kept weights hold <= k distinct values the codebook is exact.
-
-    Raises:
-        ConfigError: on a bad ``k``/``init`` or a mask of the wrong shape.
-    """
-    k = _check_k(k, "k")
-    if init not in _INITS:
-        raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
-    w = np.asarray(weights, dtype=np.float32)
-    keep = np.ones(w.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    if keep.shape != w.shape:
-        raise ConfigError(f"mask shape {keep.shape} != weights shape {w.shape}")
-    vals = w[keep]
-    indices = np.zeros(w.shape, dtype=np.uint8)
-    if vals.size == 0:
-        return np.zeros(1, dtype=np.float32), indices
-    uniq = np.unique(vals)
-    if uniq.size <= k:
-        centroids = uniq.astype(np.float32)
-    else:
-        imp = None
-        if importance is not None:
-            imp = np.asarray(importance, dtype=np.float64)
-            if imp.shape != w.shape or not np.all(np.isfinite(imp)) or np.any(imp < 0):
-                raise ConfigError("importance must be finite, non-negative and shaped like the weights")
-            imp = imp[keep]
-            imp = imp + 1e-3 * imp.mean() + 1e-30  # every weight counts a little
-        centroids = _lloyd(vals.astype(np.float64), k, init, int(max_iter), imp)
-    indices[keep] = _assign(vals, centroids).astype(np.uint8)
-    return centroids, indices
-
-
-def _lloyd(
-    vals: np.ndarray, k: int, init: str, max_iter: int, weights: np.ndarray | None = None
-) -> np.ndarray:
-    if init == "linear":
-        c = np.linspace(vals.min(), vals.max(), k)
-    else:
-        c = np.quantile(vals, (np.arange(k) + 0.5) / k)
-    c = np.unique(c)
-    sort = np.argsort(vals, kind="stable")
-    order = vals[sort]
-    wts = np.ones_like(order) if weights is None else weights[sort]
-    prev = None
-    for _ in range(max_iter):
-        idx = np.searchsorted((c[1:] + c[:-1]) / 2, order)
-        if prev is not None and np.array_equal(idx, prev):
-            break
-        prev = idx
-        counts = np.bincount(idx, minlength=len(c))
-        mass = np.bincount(idx, weights=wts, minlength=len(c))
-        sums = np.bincount(idx, weights=order * wts, minlength=len(c))
-        filled = counts > 0
-        c = np.where(filled, sums / np.where(filled, mass, 1.0), c)
-        c = np.unique(c[filled])  # drop empty clusters; stays sorted
-    return c.astype(np.float32)
-
-
-def _assign(vals: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Nearest centroid (ties to the lower one) for float32 values and ascending float32 centroids."""
-    if len(centroids) == 1:
-        return np.zeros(vals.shape, dtype=np.intp)
-    c = centroids.astype(np.float64)
-    idx = np.searchsorted((c[1:] + c[:-1]) / 2, vals.astype(np.float64), side="left")
-    return np.clip(idx, 0, len(c) - 1)
+# ---------------------------------------------------------------------------- codebooks
 
 
 def compute_codebooks(
@@ -370,7 +281,7 @@ def finetune_centroids(
     config = config or ClusterConfig()
     if int(config.finetune_epochs) < 1:
         return state.copy()
-    model = _model(state, config)
+    model = training_model(state, config)
     _parametrize(model, state)
     for layer in model.layers:
         layer.bias.requires_grad_(bool(config.train_biases))
@@ -378,8 +289,8 @@ def finetune_centroids(
     masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
     after_backward, after_step = mask_hooks(model, masks)
     params = [p for p in model.parameters() if p.requires_grad]
-    _train(model, data, config, config.finetune_epochs, early_stopping=True, parameters=params,
-           after_backward=after_backward, after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
+    train(model, data, config, config.finetune_epochs, early_stopping=True, parameters=params,
+          after_backward=after_backward, after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
     codebooks = _centroids_of(model, state)
     out = state.copy()
     layers = []
@@ -453,13 +364,13 @@ def cluster_sensitivity(
     Returns:
         Rows ``{"layer", "n_weights", "k", "ap", "ap_drop"}`` (``ap_drop`` vs the unclustered model).
     """
-    base = _ap(state, X_valid, y_valid)
+    base = ap_of(state, X_valid, y_valid)
     rows = []
     for i, ((w, _b), m) in enumerate(zip(state.layers, state.masks, strict=True)):
         for k in ks:
             codebooks: list[Codebook | None] = [None] * len(state.layers)
             codebooks[i] = compute_codebook(w, m, int(k), init)
-            ap = _ap(apply_clustering(state, codebooks), X_valid, y_valid)
+            ap = ap_of(apply_clustering(state, codebooks), X_valid, y_valid)
             rows.append({"layer": i, "n_weights": int(w.size), "k": int(k), "ap": ap, "ap_drop": base - ap})
     return rows
 
@@ -514,7 +425,7 @@ def cluster_stage(
     config = config or ClusterConfig()
     if state.quant is not None:
         raise ConfigError("weight sharing must run before quantization; reorder the stages")
-    ap_before = _ap(state, data.X_valid, data.y_valid)
+    ap_before = ap_of(state, data.X_valid, data.y_valid)
     source = pow2_standardization(state) if config.pow2_stats and state.codebooks[0] is None else state
     chosen = None
     if config.auto_k_max_drop is not None:
@@ -527,13 +438,13 @@ def cluster_stage(
         else None
     )
     clustered = apply_clustering(source, compute_codebooks(source, config, importance))
-    ap_kmeans = _ap(clustered, data.X_valid, data.y_valid)
-    tuned = finetune_centroids(clustered, data, config, progress, teacher=_teacher(state, config))
-    ap_tuned = _ap(tuned, data.X_valid, data.y_valid)
+    ap_kmeans = ap_of(clustered, data.X_valid, data.y_valid)
+    tuned = finetune_centroids(clustered, data, config, progress, teacher=frozen_teacher(state, config))
+    ap_tuned = ap_of(tuned, data.X_valid, data.y_valid)
     if ap_tuned < ap_kmeans:  # early stopping keeps the best epoch, but never worse than plain k-means
         tuned = clustered
     out = round_half(tuned) if config.half_precision else tuned
-    ap_after = _ap(out, data.X_valid, data.y_valid)
+    ap_after = ap_of(out, data.X_valid, data.y_valid)
     out.stages = list(state.stages)
     return out.with_stage(
         stage_record(

@@ -5,8 +5,9 @@ serving or registry process decodes it without torch.
 
 Layout: one bit stream (MSB first, zero-padded to whole bytes) after a 4-byte header ``b"FLc"`` +
 format version. Counts are Elias-gamma codes; floats are written as fp16, bf16 or fp32, whichever of
-them holds the array exactly (the encoder never rounds: see :func:`round_floats` for the lossy step,
-which the pipeline applies and evaluates as a stage of its own). Per layer:
+them holds the array exactly (the encoder never rounds: see :func:`round_floats` for the lossy step;
+the clustering stage rounds to fp16 itself); an ascending array (a sorted codebook) may instead be
+stored as its first order-preserving key and the key gaps, when that is smaller. Per layer:
 
 - the bias;
 - the sparse positions of the kept weights (layers with a mask) as *relative* indices: the number of
@@ -55,7 +56,7 @@ MAGIC = b"FLc"
 _VERSION = 1
 _MAX_CODE_LEN = 15
 _FIXED, _RICE, _HUFFMAN = 0, 1, 2
-_F32, _F16, _BF16 = 0, 1, 2
+_F32, _F16, _BF16, _SORTED = 0, 1, 2, 3
 
 
 # --------------------------------------------------------------------------- bit I/O
@@ -376,27 +377,72 @@ def _float_kind(a: np.ndarray) -> int:
     return _F32
 
 
+def _words(a: np.ndarray, kind: int) -> tuple[np.ndarray, int]:
+    """The stored bit patterns (uint64) of ``a`` for ``kind`` and their width."""
+    if kind == _F16:
+        return a.astype(np.float16).view(np.uint16).astype(np.uint64), 16
+    if kind == _BF16:
+        return (a.view(np.uint32) >> np.uint32(16)).astype(np.uint64), 16
+    return a.view(np.uint32).astype(np.uint64), 32
+
+
+def _from_words(words: np.ndarray, kind: int) -> np.ndarray:
+    if kind == _F16:
+        return words.astype(np.uint16).view(np.float16).astype(np.float32)
+    if kind == _BF16:
+        return (words.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return words.astype(np.uint32).view(np.float32)
+
+
+def _order_keys(words: np.ndarray, width: int) -> np.ndarray:
+    """Map IEEE bit patterns to unsigned keys that sort like the values (bijective)."""
+    sign = np.uint64(1 << (width - 1))
+    full = np.uint64((1 << width) - 1)
+    return np.where(words & sign, ~words & full, words | sign)
+
+
+def _from_order_keys(keys: np.ndarray, width: int) -> np.ndarray:
+    sign = np.uint64(1 << (width - 1))
+    full = np.uint64((1 << width) - 1)
+    return np.where(keys & sign, keys & ~sign & full, ~keys & full)
+
+
 def _write_floats(w: BitWriter, a: np.ndarray) -> None:
+    """Raw fp16/bf16/fp32 words (2-bit tag), or — for ascending arrays such as sorted codebooks, when it
+    is smaller — tag 3, the word kind, the first order-preserving key and the key gaps (integer coder)."""
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     kind = _float_kind(a)
+    words, width = _words(a, kind)
+    if len(a) >= 3:
+        keys = _order_keys(words, width)
+        if np.all(np.diff(keys.astype(np.int64)) >= 0):
+            sorted_w = BitWriter()
+            sorted_w.write(kind, 2)
+            sorted_w.write(int(keys[0]), width)
+            encode_ints(sorted_w, np.diff(keys.astype(np.int64)))
+            if sorted_w.n_bits < width * len(a):
+                w.write(_SORTED, 2)
+                w.write_bits("".join(sorted_w._parts))
+                return
     w.write(kind, 2)
-    if kind == _F16:
-        w.write_array(a.astype(np.float16).view(np.uint16), 16)
-    elif kind == _BF16:
-        w.write_array(a.view(np.uint32) >> np.uint32(16), 16)
-    else:
-        w.write_array(a.view(np.uint32), 32)
+    w.write_array(words, width)
 
 
 def _read_floats(r: BitReader, count: int) -> np.ndarray:
     kind = r.read(2)
-    if kind == _F16:
-        return r.read_array(count, 16).astype(np.uint16).view(np.float16).astype(np.float32)
-    if kind == _BF16:
-        return (r.read_array(count, 16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-    if kind == _F32:
-        return r.read_array(count, 32).astype(np.uint32).view(np.float32)
-    raise ModelDirError("compact artifact is corrupt (unknown float format)")
+    if kind == _SORTED:
+        kind = r.read(2)
+        if kind == _SORTED:
+            raise ModelDirError("compact artifact is corrupt (unknown float format)")
+        width = 16 if kind in (_F16, _BF16) else 32
+        first = r.read(width)
+        gaps = decode_ints(r, count - 1)
+        keys = np.concatenate([[first], first + np.cumsum(gaps)]).astype(np.uint64)
+        if keys.size and int(keys[-1]) >> width:
+            raise ModelDirError("compact artifact is corrupt (float keys out of range)")
+        return _from_words(_from_order_keys(keys, width), kind)
+    width = 16 if kind in (_F16, _BF16) else 32
+    return _from_words(r.read_array(count, width), kind)
 
 
 def _write_blob(w: BitWriter, obj) -> None:

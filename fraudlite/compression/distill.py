@@ -20,15 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fraudlite.compression.prune import (
-    _ap,
-    _check_training,
-    _mlp_config,
+from fraudlite.compression.finetune import ap_of, check_training, mlp_config
+from fraudlite.compression.state import CompressedMLP, StageData, stage_record
+from fraudlite.compression.structured import (
     apply_structured_pruning,
     compute_unit_importance,
     compute_unit_keep,
 )
-from fraudlite.compression.state import CompressedMLP, StageData, stage_record
 from fraudlite.errors import ConfigError
 
 __all__ = ["DistillConfig", "compute_soft_targets", "distillation_loss", "distill", "distill_stage"]
@@ -88,7 +86,7 @@ class DistillConfig:
             raise ConfigError(f"init must be one of {', '.join(_INITS)}, got {self.init!r}")
         if int(self.calibration_rows) < 1:
             raise ConfigError(f"calibration_rows must be >= 1, got {self.calibration_rows}")
-        _check_training(self)
+        check_training(self)
 
 
 def compute_soft_targets(teacher: object, X: np.ndarray, temperature: float = 4.0) -> np.ndarray:
@@ -208,7 +206,7 @@ def distill(
     student, _ = _student(teacher_state, data, config, pos_weight)
     loss_fn = distillation_loss(_teacher_module(teacher), config, pos_weight)
     run_training(
-        student, loss_fn, X, y, X_valid, y_valid, _mlp_config(config, config.epochs), progress=progress
+        student, loss_fn, X, y, X_valid, y_valid, mlp_config(config, config.epochs), progress=progress
     )
     return student.eval()
 
@@ -228,10 +226,10 @@ def distill_stage(
     config = config or DistillConfig()
     teacher = state if teacher is None else teacher
     teacher_state = teacher if isinstance(teacher, CompressedMLP) else CompressedMLP.from_model(teacher)
-    ap_teacher = _ap(teacher_state, data.X_valid, data.y_valid)
+    ap_teacher = ap_of(teacher_state, data.X_valid, data.y_valid)
     student = distill(teacher, data.X_train, data.y_train, data.X_valid, data.y_valid, config, progress)
     out = CompressedMLP.from_model(student, stages=state.stages)
-    ap_after = _ap(out, data.X_valid, data.y_valid)
+    ap_after = ap_of(out, data.X_valid, data.y_valid)
     return out.with_stage(
         stage_record("distill", config, state, out, valid_ap_before=ap_teacher, valid_ap_after=ap_after)
     )

@@ -36,16 +36,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from fraudlite.compression.cluster import clustered_parametrization
-from fraudlite.compression.prune import (
-    _activations,
-    _ap,
-    _check_training,
-    _model,
-    _teacher,
-    _train,
+from fraudlite.compression.finetune import (
+    ap_of,
+    check_training,
+    frozen_teacher,
     mask_hooks,
+    train,
+    training_model,
 )
 from fraudlite.compression.state import CompressedMLP, StageData, stage_record
+from fraudlite.compression.structured import _activations
 from fraudlite.errors import ConfigError
 
 __all__ = [
@@ -107,7 +107,7 @@ class QATConfig:
             raise ConfigError(f"calibration_rows must be >= 1, got {self.calibration_rows}")
         if int(self.epochs) < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        _check_training(self)
+        check_training(self)
 
 
 # ---------------------------------------------------------------------------- pure maths
@@ -338,29 +338,29 @@ def qat_stage(
     rng = np.random.default_rng(config.seed)
     n = min(int(config.calibration_rows), len(data.X_train))
     calib = data.X_train[np.sort(rng.choice(len(data.X_train), n, replace=False))]
-    ap_before = _ap(state, data.X_valid, data.y_valid)
+    ap_before = ap_of(state, data.X_valid, data.y_valid)
     quant = compute_quant_params(state, calib, config)
     from fraudlite.models.metrics import average_precision
 
     def sim_ap(s: CompressedMLP, q: list[dict]) -> float:
         return float(average_precision(data.y_valid, fake_quant_logits(s, data.X_valid, q)))
 
-    ptq_model = _model(state, config)
+    ptq_model = training_model(state, config)
     _prepare(ptq_model, state, quant)
     ptq, ptq_scales = _finalize(ptq_model, state, config)
     ap_ptq = sim_ap(ptq, quant)
     best, best_scales = ptq, ptq_scales
     if int(config.epochs) > 0:
-        model = _model(state, config)
+        model = training_model(state, config)
         _prepare(model, state, quant)
         masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
         # masks of unclustered layers act on the parametrization's original weight
         originals = _OriginalView(model)
         after_backward, after_step = mask_hooks(originals, masks)
         params = [p for p in model.parameters() if p.requires_grad]
-        _train(model, data, config, config.epochs, early_stopping=True, parameters=params,
-               after_backward=after_backward, after_step=after_step, progress=progress,
-               teacher=_teacher(state, config))  # fmt: skip
+        train(model, data, config, config.epochs, early_stopping=True, parameters=params,
+              after_backward=after_backward, after_step=after_step, progress=progress,
+              teacher=frozen_teacher(state, config))  # fmt: skip
         trained, trained_scales = _finalize(model, state, config)
         if sim_ap(trained, quant) >= ap_ptq:
             best, best_scales = trained, trained_scales
@@ -380,7 +380,7 @@ def qat_stage(
             valid_ap_before=ap_before,
             valid_ap_ptq=ap_ptq,
             valid_ap_after=ap_after,
-            valid_ap_float=_ap(best, data.X_valid, data.y_valid),
+            valid_ap_float=ap_of(best, data.X_valid, data.y_valid),
         )
     )
 

@@ -17,7 +17,7 @@ Example (abridged; the built-in default is :data:`DEFAULT_RECIPE_TOML`)::
 
     [search]                  # candidates per "stage.setting", most aggressive first
     budget = "proportional"   # stage i of n may spend (i + 1) / n of --max-ap-drop, or "greedy"
-    "distill.hidden" = [[8, 4], [16, 8], [32, 16]]
+    "distill.hidden" = [[8, 4], [16, 8], [24, 12], [32, 16]]
     "prune.sparsity" = [0.85, 0.7, 0.5, 0.3]
 
     [export]                  # the runnable ONNX
@@ -97,9 +97,9 @@ pow2_stats = false  # measured: power-of-two stats folded into layer 0 cost ~0.0
 
 [search]
 budget = "proportional"  # stage i of n may spend (i + 1) / n of --max-ap-drop ("greedy": all of it)
-"distill.hidden" = [[8, 4], [16, 8], [32, 16]]
-"prune.sparsity" = [0.85, 0.7, 0.5, 0.3]
-"cluster.k" = [8, 16, 32, 64]
+"distill.hidden" = [[8, 4], [16, 8], [24, 12], [32, 16]]
+"prune.sparsity" = [0.85, 0.7, 0.6, 0.5, 0.4, 0.3]
+"cluster.k" = [8, 16, 24, 32, 64]
 
 [export]
 precision = "auto"

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fraudlite.errors import IntegrityError, ModelDirError, UserError
 from fraudlite.modeldir import MANIFEST, SIGNING_KEY_ENV, ModelDir, sha256_file, verify_files, write_model_dir
@@ -577,99 +578,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-# --- `fraudlite registry` ------------------------------------------------------------------------------
+# `fraudlite registry` lives in lifecycle_commands (which imports this module); its entry point stays
+# importable from here, resolved on first use (the serving path never loads it).
+def __getattr__(name: str) -> Any:
+    if name == "registry_command":
+        from fraudlite.pipeline.lifecycle_commands import registry_command
 
-
-def _fmt_ap(metrics: dict | None) -> str:
-    if not metrics or metrics.get("average_precision") is None:
-        return "-"
-    return f"{metrics['average_precision']:.4f}"
-
-
-def _table(rows: list[dict]) -> str:
-    header = ("VERSION", "STATUS", "CREATED", "MODEL", "TRAIN WINDOW", "VALID AP", "RECENT AP", "PARENT")
-    lines = [header]
-    for r in rows:
-        window = r.get("data_window") or {}
-        span = f"{window.get('train_start', '?')}..{window.get('valid_end', window.get('train_end', '?'))}"
-        lines.append(
-            (
-                r["version"] + (" *" if r["champion"] else ""),
-                r["status"],
-                str(r.get("created") or "-")[:19],
-                str(r.get("model_type") or "-"),
-                span if window else "-",
-                _fmt_ap(r["metrics"]["validation"]),
-                _fmt_ap(r["metrics"]["recent_window"]),
-                str(r.get("parent_version") or "-"),
-            )
-        )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in lines
-    )
-
-
-def registry_command(root: str, action: str, version: str | None = None, as_json: bool = False) -> int:
-    """``fraudlite registry --root DIR list [--json] | show V | promote V | rollback | verify [V]``.
-
-    Returns:
-        0 on success; 1 when ``verify`` finds a problem (each printed on stderr, naming the file).
-
-    Raises:
-        RegistryError / IntegrityError: not a registry, unknown version, nothing to roll back, a promote
-        of a version that fails verification (the registry is unchanged).
-    """
-    import sys
-
-    reg = Registry(root)
-    if action == "list":
-        rows = reg.list()
-        if as_json:
-            print(json.dumps({"root": str(reg.root), "champion": reg.champion(), "versions": rows}, indent=2))
-        elif not rows:
-            print(f"{reg.root}: no versions yet")
-        else:
-            print(_table(rows))
-            print(f"\n* champion: {reg.champion() or 'none'}")
-        return 0
-    if action in ("show", "promote") and not version:
-        raise RegistryError(f"registry {action}: give a VERSION")
-    if action == "show":
-        info = reg.describe(version)
-        info["manifest"] = reg.load(version, verify=False).manifest
-        info["history"] = [
-            e
-            for e in reg.history()
-            if version in (e.get("challenger"), e.get("champion"), e.get("new_champion"))
-        ]
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    if action == "promote":
-        entry = reg.promote(version, reason="manual promote (fraudlite registry promote)")
-        if entry["decision"] == "unchanged":
-            print(f"{version} is already the champion; nothing changed")
-        else:
-            print(f"promoted {version} (previous champion: {entry['champion'] or 'none'})")
-        return 0
-    if action == "rollback":
-        entry = reg.rollback(reason="manual rollback (fraudlite registry rollback)")
-        print(f"rolled back: champion {entry['champion']} -> {entry['new_champion']}")
-        return 0
-    if action == "verify":
-        report = reg.verify(version)
-        bad = 0
-        for v, problems in report.items():
-            if problems:
-                bad += 1
-                for p in problems:
-                    print(f"FAILED {v}: {p}", file=sys.stderr)
-            else:
-                print(f"ok     {v}")
-        if not report:
-            print(f"{reg.root}: no versions to verify")
-        if bad:
-            print(f"{bad} of {len(report)} version(s) failed verification", file=sys.stderr)
-            return 1
-        return 0
-    raise RegistryError(f"unknown registry action {action!r}")
+        return registry_command
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

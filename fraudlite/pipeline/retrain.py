@@ -27,17 +27,16 @@ fails fast with RegistryBusyError). Any failure leaves the registry as it was (s
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,13 +47,8 @@ from fraudlite.modeldir import ModelDir
 from fraudlite.pipeline.data import day_of, format_day, load_transactions, parse_day
 from fraudlite.pipeline.evaluation import evaluate_window, features_for, score_frame
 from fraudlite.pipeline.registry import Registry, file_lock
-from fraudlite.pipeline.training import (
-    MODEL_TYPES,
-    TrainConfig,
-    TrainingData,
-    prepare_training_data,
-    train_model,
-)
+from fraudlite.pipeline.retrain_config import RetrainConfig, RetrainWindows
+from fraudlite.pipeline.training import TrainConfig, TrainingData, prepare_training_data, train_model
 
 __all__ = [
     "RetrainConfig",
@@ -67,7 +61,6 @@ __all__ = [
     "decide",
     "load_training_frame",
     "run_retrain",
-    "retrain_command",
     "COMPRESSION_UNAVAILABLE",
 ]
 
@@ -82,104 +75,6 @@ Trainer = Callable[[TrainingData, TrainConfig, FeatureSpec, Path], ModelDir]
 
 Compressor = Callable[[ModelDir, pd.DataFrame, Path, "str | None", float], "tuple[ModelDir, dict]"]
 """(trained model, standard frame, output dir, recipe path, max AP drop) -> (model to register, info)."""
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """How a retrain run trains and decides.
-
-    Attributes:
-        train_days: days in the training window (validation/comparison part included).
-        delay_days: label delay; the window ends this many days before ``now``.
-        valid_days: trailing days of the window used for validation and for the comparison.
-        tolerance: a challenger is rejected if its AP is lower than the champion's by more than this.
-        max_ap_drop: compression guardrail: largest AP drop compression may cost.
-        min_ap: guardrail: a challenger below this AP on the comparison window is never promoted.
-        model_type, seed, max_epochs: passed to training (see ``fraudlite train``).
-        recipe: compression recipe file (TOML) or None for the built-in one.
-        compress: False registers the trained model uncompressed (``--no-compress``).
-        k: k of card precision@k.
-    """
-
-    train_days: int = 28
-    delay_days: int = 7
-    valid_days: int = 7
-    tolerance: float = 0.005
-    max_ap_drop: float = 0.005
-    min_ap: float = 0.0
-    model_type: str = "mlp"
-    seed: int = 0
-    max_epochs: int | None = None
-    recipe: str | None = None
-    k: int = 100
-    compress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("train_days", "delay_days", "valid_days", "k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if self.train_days <= self.valid_days:
-            raise ConfigError(
-                f"--train-days ({self.train_days}) must be longer than --valid-days ({self.valid_days}): "
-                "the window needs days to fit on before the validation days"
-            )
-        for name, upper in (("tolerance", 1.0), ("max_ap_drop", 1.0), ("min_ap", 1.0)):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= upper:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, {upper}], got {value!r}")
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(
-                f"--model-type: expected one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}"
-            )
-        if self.max_epochs is not None and self.max_epochs < 1:
-            raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
-        if self.recipe is not None and not Path(self.recipe).is_file():
-            raise ConfigError(f"--recipe: no such file {self.recipe!r}")
-
-
-@dataclass(frozen=True)
-class RetrainWindows:
-    """The days a run uses (UTC epoch days, inclusive)."""
-
-    now: int
-    train_start: int
-    fit_end: int
-    valid_start: int
-    valid_end: int
-
-    @classmethod
-    def for_now(cls, now_day: int, config: RetrainConfig) -> RetrainWindows:
-        last = now_day - config.delay_days
-        return cls(
-            now=now_day,
-            train_start=last - config.train_days + 1,
-            fit_end=last - config.valid_days,
-            valid_start=last - config.valid_days + 1,
-            valid_end=last,
-        )
-
-    def train_config(self, config: RetrainConfig) -> TrainConfig:
-        return TrainConfig(
-            train_start_day=self.train_start,
-            train_end_day=self.valid_end,
-            valid_days=self.valid_end - self.valid_start + 1,
-            delay_days=config.delay_days,
-            model_type=config.model_type,
-            seed=config.seed,
-            max_epochs=config.max_epochs,
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "now": format_day(self.now),
-            "train_start": format_day(self.train_start),
-            "train_end": format_day(self.fit_end),
-            "valid_start": format_day(self.valid_start),
-            "valid_end": format_day(self.valid_end),
-            "eval_start": format_day(self.valid_start),
-            "eval_end": format_day(self.valid_end),
-        }
 
 
 @dataclass
@@ -556,124 +451,15 @@ def _champion_metrics(
         return champion, None, str(e)
 
 
-# --- `fraudlite retrain` -------------------------------------------------------------------------------
+# `fraudlite retrain` and `fraudlite demo --retrain` live in lifecycle_commands and retrain_demo (which import
+# this module); their entry points stay importable from here, resolved on first use.
+def __getattr__(name: str) -> Any:
+    if name == "retrain_command":
+        from fraudlite.pipeline.lifecycle_commands import retrain_command
 
+        return retrain_command
+    if name == "retrain_demo":
+        from fraudlite.pipeline.retrain_demo import retrain_demo
 
-def retrain_command(
-    registry: str,
-    data: str,
-    columns: dict[str, str] | None = None,
-    *,
-    now: str | None = None,
-    once: bool = False,
-    schedule: str | None = None,
-    metrics_host: str = "127.0.0.1",
-    metrics_port: int = 9109,
-    **settings,
-) -> int:
-    """``fraudlite retrain``: one run (``--once``; prints the decision as JSON) or a cron schedule.
-
-    ``settings`` are RetrainConfig fields (train_days, delay_days, tolerance, max_ap_drop, ...).
-    """
-    if once == bool(schedule):
-        raise ConfigError("give exactly one of --once or --schedule CRON")
-    config = RetrainConfig(**settings)
-    if schedule:
-        if now:
-            raise ConfigError("--now applies to --once; a scheduled run takes each run's own date")
-        from fraudlite.pipeline.scheduler import run_schedule
-
-        return run_schedule(
-            schedule,
-            registry,
-            data,
-            columns or {},
-            config,
-            metrics_host=metrics_host,
-            metrics_port=metrics_port,
-        )
-    now_day = parse_day(now, "--now") if now else None
-    result = run_retrain(registry, data, config, now_day=now_day, columns=columns)
-    print(json.dumps(result.to_dict(), indent=2, default=str))
-    sys.stdout.flush()
-    return 0
-
-
-# --- `fraudlite demo --retrain` (wired by the demo command) -------------------------------------------
-
-
-def retrain_demo(
-    out_dir: str = "demo-out/retrain",
-    customers: int = 1000,
-    days: int = 90,
-    drift_day: int = 50,
-    seed: int = 42,
-    max_epochs: int | None = 5,
-    max_ap_drop: float = 0.02,
-) -> int:
-    """One retrain-and-promote cycle on generated data with drift, printed step by step.
-
-    v1 is trained on the days before ``drift_day`` and promoted (first model); then a *scheduled* run
-    (cron ``0 3 * * *`` on a simulated clock, no waiting) at the end of the data trains v2 on the drifted
-    days, compares both on the most recent labelled week, and promotes v2 if it is not worse.
-    """
-    from datetime import timedelta
-
-    from fraudlite.pipeline.data import write_table
-    from fraudlite.pipeline.registry import registry_command
-    from fraudlite.pipeline.scheduler import FakeClock, Scheduler
-    from fraudlite.pipeline.simulator import SimulatorConfig, simulate
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data, registry = out / "transactions.parquet", out / "registry"
-    if registry.exists():
-        shutil.rmtree(registry)
-    sim = SimulatorConfig(
-        n_customers=customers,
-        n_terminals=2 * customers,
-        n_days=days,
-        seed=seed,
-        drift_day=drift_day,
-        drift_rate=4e-3,
-    )
-    print(
-        f"[1/3] generating {customers} customers x {days} days, new fraud pattern from day {drift_day} -> {data}"
-    )
-    write_table(simulate(sim), data)
-    # A small demo population makes validation AP noisy, so the compression budget is wider than the
-    # 0.005 default (pass --max-ap-drop to `fraudlite retrain` for real data).
-    config = RetrainConfig(max_epochs=max_epochs, max_ap_drop=max_ap_drop)
-    first_day = parse_day(sim.start_date, "--start-date")
-    now_v1 = first_day + drift_day - 1 + config.delay_days
-    print(f"[2/3] retrain --once --now {format_day(now_v1)} (labelled data ends just before the drift)")
-    r1 = run_retrain(registry, data, config, now_day=now_v1)
-    print(f"      {r1.decision} {r1.challenger}: {r1.reason}")
-    now_v2 = first_day + days - 1 + config.delay_days
-    clock = FakeClock(datetime.fromisoformat(format_day(now_v2)).replace(tzinfo=UTC) - timedelta(hours=6))
-    print(f"[3/3] retrain --schedule '0 3 * * *' (simulated clock from {clock.now().isoformat()})")
-    results: list[RetrainResult] = []
-
-    def job(fire: datetime) -> str:
-        results.append(
-            run_retrain(registry, data, config, now_day=parse_day(fire.date().isoformat(), "--now"))
-        )
-        return results[-1].decision
-
-    record = Scheduler("0 3 * * *", job, clock=clock).run(max_runs=1)[0]
-    r2 = results[0]
-    print(f"      run at {record.fire_time.isoformat()}: {r2.decision} {r2.challenger}: {r2.reason}")
-    report = r2.compression.get("report") if isinstance(r2.compression, dict) else None
-    if report:
-        print(
-            f"      compressed: compact artifact {report.get('compact_bytes')} bytes "
-            f"({report.get('compact_ratio', 0):.0f}x smaller than the fp32 ONNX), AP drop {report.get('ap_drop', 0):+.4f}"
-        )
-    champ, chall = r2.metrics["champion"] or {}, r2.metrics["challenger"]
-    print(
-        f"\nAP on the most recent labelled week ({r2.windows['eval_start']}..{r2.windows['eval_end']}, drifted): "
-        f"v1 {champ.get('average_precision', float('nan')):.4f} -> v2 {chall['average_precision']:.4f}\n"
-    )
-    registry_command(str(registry), "list")
-    print(f"\nregistry: {registry}  (fraudlite registry --root {registry} list | show V | rollback | verify)")
-    return 0
+        return retrain_demo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

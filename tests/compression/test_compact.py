@@ -195,3 +195,37 @@ def test_decoding_needs_neither_torch_nor_pandas(make_state, tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "(8, 4) (2,)" in out.stdout
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=0, max_size=80),
+    st.sampled_from(FLOAT_KINDS),
+    st.booleans(),
+)
+def test_float_arrays_round_trip_sorted_or_not(values: list[float], kind: str, sort: bool) -> None:
+    from fraudlite.compression.compact import _read_floats, _write_floats
+
+    a = _floats(np.random.default_rng(0), 0, kind)  # dtype helper for an empty array
+    a = np.array(values, dtype=np.float32)
+    if kind == "fp16":
+        a = a.astype(np.float16).astype(np.float32)
+    elif kind == "bf16":
+        a = (a.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    if sort:
+        a = np.sort(a)
+    w = BitWriter()
+    _write_floats(w, a)
+    w.write(0b11, 2)
+    r = BitReader(w.getvalue())
+    assert _read_floats(r, len(a)).tobytes() == a.tobytes()
+    assert r.read(2) == 0b11
+
+
+def test_sorted_codebooks_cost_less_than_raw_words() -> None:
+    from fraudlite.compression.compact import _write_floats
+
+    centroids = np.linspace(-0.4, 0.6, 30).astype(np.float16).astype(np.float32)
+    w = BitWriter()
+    _write_floats(w, centroids)
+    assert w.n_bits < 0.85 * 16 * len(centroids)

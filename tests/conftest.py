@@ -1,4 +1,6 @@
-"""Shared fixtures for streaming tests: one real embedded broker per session, topic and read helpers.
+"""Shared fixtures: one real embedded Kafka broker per test session, topic and read helpers.
+
+Used by tests/streaming and tests/deploy (anything that needs a broker asks for ``broker``).
 
 * ``broker``: session-scoped ``EmbeddedBroker`` (``.bootstrap`` is ``"127.0.0.1:PORT"``).
 * ``make_topic(partitions=4, name=None) -> str``: creates a topic (unique name unless given) and waits
@@ -13,7 +15,8 @@ aborted ones (its Fetch responses carry no aborted_transactions list), and ListO
 read_committed answers 0 while a transaction is open. Pass ``min_count`` to wait for records.
 * ``kafka_admin``: a session-scoped ``KafkaAdminClient``.
 
-Topics live only in memory (Tansu), so give each test its own topics instead of cleaning up.
+Topics live only in memory (Tansu), so give each test its own topics instead of cleaning up. The broker
+module is imported inside the fixture, so collecting tests that need no broker does not import it.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from fraudlite.streaming.broker import EmbeddedBroker
+if TYPE_CHECKING:
+    from fraudlite.streaming.broker import EmbeddedBroker
 
 _counter = itertools.count()
 
@@ -33,6 +38,8 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """The embedded broker shared by the whole test session."""
+    from fraudlite.streaming.broker import EmbeddedBroker
+
     with EmbeddedBroker() as b:
         yield b
 
