@@ -280,7 +280,7 @@ def measure(
                  f"{rate:,.0f} msg/s for {latency_seconds:.0f} s, n={lat['latency_n']}")
             )  # fmt: skip
 
-    lines = ["| metric | value | note |", "| --- | --- | --- |"]
+    lines = ["## Streaming scorer (issue 4)", "", "| metric | value | note |", "| --- | --- | --- |"]
     lines += [f"| {metric} | {value} | {note} |" for metric, value, note in rows]
     which = f"model {model_note}" + (
         ", fp32 comparison: the uncompressed model it came from" if fp32_model else ""
