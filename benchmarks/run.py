@@ -19,7 +19,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-SECTIONS = ["bench_foundation", "bench_compression", "bench_state", "bench_streaming", "bench_retrain", "bench_reliability"]
+SECTIONS = [
+    "bench_foundation",
+    "bench_compression",
+    "bench_state",
+    "bench_streaming",
+    "bench_retrain",
+    "bench_reliability",
+]
 MARK = "<!-- section: {} -->"
 
 
