@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo test bench soak lint format clean
+.PHONY: install tools demo test bench lint format clean
 
 install: $(STAMP)
 
@@ -28,10 +28,6 @@ test: install tools
 
 bench: install
 	$(PY) benchmarks/run.py
-
-# 10 minutes at half the measured maximum rate (not part of `make test`); appends to benchmarks/RESULTS.md.
-soak: install
-	$(PY) benchmarks/bench_soak.py
 
 lint: install
 	$(VENV)/bin/ruff check .
