@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools demo test bench lint format clean
+.PHONY: install tools demo test bench soak lint format clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install tools
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# 10 minutes of `fraudlite serve` at half its maximum rate (issue 7); not part of test or bench.
+soak: install
+	$(PY) benchmarks/bench_soak.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ inside the command handlers so ``fraudlite --help`` and the serving commands sta
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -107,7 +108,7 @@ def _demo(args: argparse.Namespace) -> int:
     from fraudlite.pipeline.demo import run_demo
 
     if args.retrain:
-        from fraudlite.pipeline.retrain import retrain_demo
+        from fraudlite.pipeline.retrain_demo import retrain_demo
 
         return retrain_demo(f"{args.out}/retrain", seed=args.seed)
     return run_demo(
@@ -285,6 +286,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--session-timeout-ms", type=int, default=6000, help="group session (default 6000)")
     p.add_argument("--max-message-bytes", type=int, default=16384, help="larger: DLQ (default 16384)")
     p.add_argument("--max-amount", type=float, default=1e7, help="larger amounts go to the DLQ (default 1e7)")
+    p.add_argument("--max-id-chars", type=int, default=128, help="longer ids go to the DLQ (default 128)")
+    p.add_argument(
+        "--event-time-range",
+        help="accepted event times, FIRST..LAST day UTC (default 2000-01-01..2099-12-31); others: DLQ",
+    )  # fmt: skip
+    p.add_argument(
+        "--dlq-max-value-bytes", type=int, default=512 * 1024,
+        help="longer DLQ values are cut, headers say so (default 524288)",
+    )  # fmt: skip
     p.add_argument("--dlq-envelope", action="store_true", help="DLQ values as a JSON envelope, not raw bytes")
     p.add_argument("--reload-interval", type=float, default=5.0, help="registry poll interval, s (default 5)")
     p.set_defaults(func=_serve)
@@ -322,7 +332,7 @@ def _add_streaming(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from fraudlite.pipeline.registry import registry_command
+    from fraudlite.pipeline.lifecycle_commands import registry_command
 
     return registry_command(
         args.root, args.registry_action, getattr(args, "version", None), as_json=getattr(args, "json", False)
@@ -347,7 +357,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from fraudlite.pipeline.retrain import retrain_command
+    from fraudlite.pipeline.lifecycle_commands import retrain_command
 
     return retrain_command(
         args.registry,
@@ -518,6 +528,10 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     )
 
 
+# disk full, quota exceeded, read-only file system
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -533,3 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fraudlite {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The machine, not the user or a bug: one clear line (outputs are written atomically, so
+        # nothing half-written is left behind). Other OS errors keep their traceback.
+        if e.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(
+            f"fraudlite {args.command}: error: {e.strerror or e}{where}; nothing was written", file=sys.stderr
+        )
+        return 1

@@ -7,8 +7,9 @@ costs nothing and never pulls in a heavy dependency (replay loads pandas only wh
 Modules, one concept each: ``config`` (settings), ``decode`` (batch decoding + validation), ``sync``
 (event-time lockstep of partitions), ``terminal_feed`` (global terminal table), ``state_store``
 (changelog of customer state), ``outputs`` (decision/DLQ encoding), ``metrics`` (Prometheus),
-``reload`` (model loading and hot reload), ``kafka_io`` (thin kafka-python adapters), ``scorer``
-(the consumer-group member), ``serve`` (the command), ``broker`` and ``replay``.
+``reload`` (model loading and hot reload), ``kafka_io`` (thin kafka-python adapters), ``idempotence``
+(outputs a crashed predecessor already wrote), ``health`` (broker connection watch), ``scorer`` (the
+consumer-group member), ``serve`` (the command), ``broker`` and ``replay``.
 """
 
 from __future__ import annotations

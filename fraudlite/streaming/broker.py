@@ -53,8 +53,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Raise BrokerError when something already listens on ``host:port``."""
+    """Raise BrokerError when something already listens on ``host:port``.
+
+    SO_REUSEADDR as a server uses it: connections of a just-stopped broker lingering in TIME_WAIT do not
+    block a restart on the same port (on Linux the bind still fails while anything listens there).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fraudlite.errors import ConfigError
@@ -287,7 +288,8 @@ class ServeConfig:
     keeps customer state in memory only (it is then lost on restart/rebalance); otherwise the customers
     changed in the last ``changelog_interval_s`` go to the changelog with the next batch (0 = every
     batch), and a restore replays the input records committed since the last changelog record. ``dlq_envelope`` writes
-    DLQ values as a JSON envelope instead of the original bytes.
+    DLQ values as a JSON envelope instead of the original bytes; longer DLQ values are cut to
+    ``dlq_max_value_bytes`` (headers say so: the producer could not send them whole).
     """
 
     bootstrap_servers: str
@@ -313,6 +315,7 @@ class ServeConfig:
     state_changelog: bool = True
     changelog_interval_s: float = 1.0
     dlq_envelope: bool = False
+    dlq_max_value_bytes: int = 512 * 1024
     auto_offset_reset: str = "earliest"
     reload_interval_s: float = 5.0
     lag_interval_s: float = 5.0
@@ -358,6 +361,8 @@ class ServeConfig:
             raise ConfigError(
                 f"transaction_timeout_ms must be in 1000..900000, got {self.transaction_timeout_ms}"
             )
+        if not 1024 <= self.dlq_max_value_bytes <= 700_000:  # base64 envelope must stay < 1 MB requests
+            raise ConfigError(f"dlq_max_value_bytes must be in 1024..700000, got {self.dlq_max_value_bytes}")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ConfigError(f"auto_offset_reset must be earliest or latest, got {self.auto_offset_reset!r}")
         if not 0 <= self.changelog_interval_s <= 3600:
@@ -397,7 +402,14 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         labels=args.labels_topic or None,
         changelog=args.changelog_topic or None,
     )
-    limits = DecodeLimits(max_message_bytes=args.max_message_bytes, max_amount=args.max_amount)
+    first, last = _event_time_range(getattr(args, "event_time_range", None))
+    limits = DecodeLimits(
+        max_message_bytes=args.max_message_bytes,
+        max_amount=args.max_amount,
+        max_id_chars=getattr(args, "max_id_chars", DecodeLimits.max_id_chars),
+        min_timestamp_s=first,
+        max_timestamp_s=last,
+    )
     return ServeConfig(
         bootstrap_servers=args.bootstrap_servers,
         model_dir=args.model,
@@ -417,5 +429,21 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         transactional_id=args.transactional_id,
         state_changelog=not args.no_changelog,
         dlq_envelope=args.dlq_envelope,
+        dlq_max_value_bytes=getattr(args, "dlq_max_value_bytes", ServeConfig.dlq_max_value_bytes),
         reload_interval_s=args.reload_interval,
     )
+
+
+def _event_time_range(text: str | None) -> tuple[int, int]:
+    """``--event-time-range FIRST..LAST`` (UTC days, inclusive) -> epoch-second bounds."""
+    if not text:
+        return DecodeLimits.min_timestamp_s, DecodeLimits.max_timestamp_s
+    first, sep, last = text.partition("..")
+    try:
+        lo = datetime.strptime(first.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
+        hi = datetime.strptime(last.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        sep = ""
+    if not sep:
+        raise ConfigError(f"--event-time-range: expected YYYY-MM-DD..YYYY-MM-DD, got {text!r}")
+    return int(lo.timestamp()), int(hi.timestamp()) + 86_399

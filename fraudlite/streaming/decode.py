@@ -162,6 +162,26 @@ def _decode_error_reason(value: bytes) -> str:
     return "bad_json"
 
 
+_decode_any = msgspec.json.Decoder().decode
+
+
+def _malformed_reason(value: bytes) -> str | None:
+    """Why ``value`` is not well-formed UTF-8 JSON at all, else None (slow path, invalid messages only).
+
+    msgspec validates while it parses and stops at the first field of the wrong type, so a message such
+    as ``0\\x80`` or ``{"tx_id": true, ... <truncated>`` would otherwise be reported by that field.
+    """
+    try:
+        _decode_any(value)
+    except msgspec.DecodeError:
+        return _decode_error_reason(bytes(value))
+    try:
+        bytes(value).decode("utf-8")  # msgspec accepts some invalid UTF-8 it never had to look at
+    except UnicodeDecodeError:
+        return "not_utf8"
+    return None
+
+
 def _validation_reason(message: str) -> str:
     """Map a msgspec ValidationError message to a reason."""
     if "missing required field" in message:
@@ -246,7 +266,7 @@ class TransactionDecoder:
                     rows.append(decode(value))
                     positions.append(i)
                 except msgspec.ValidationError as e:
-                    invalid.append((i, _validation_reason(str(e))))
+                    invalid.append((i, _malformed_reason(value) or _validation_reason(str(e))))
                 except msgspec.DecodeError:
                     invalid.append((i, _decode_error_reason(bytes(value))))
 

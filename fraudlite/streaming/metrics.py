@@ -221,6 +221,13 @@ class ScorerMetrics:
             buckets=STAGE_BUCKETS + (10.0, 30.0, 60.0),
             registry=r,
         )
+        self.duplicates_suppressed = Counter(
+            "fraudlite_duplicate_outputs_suppressed_total",
+            "Outputs not produced again after a crash because the predecessor's transaction already made "
+            "them visible, by output kind (decisions, alerts, dlq).",
+            ["kind"],
+            registry=r,
+        )
         self.ready = Gauge(
             "fraudlite_scorer_ready",
             "1 when the scorer has a model, an assignment and is consuming.",
@@ -243,6 +250,8 @@ class ScorerMetrics:
             self.commit_failures.labels(kind)
         for result in ("success", "failure"):
             self.model_reloads.labels(result)
+        for kind in ("decisions", "alerts", "dlq"):
+            self.duplicates_suppressed.labels(kind)
         self.healthy.set(1)
         if process:
             ProcessCollector(registry=r)

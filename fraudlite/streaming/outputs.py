@@ -8,11 +8,15 @@ Decision (and alert) value, UTF-8 JSON keyed by customer_id (DESIGN.md)::
 A DLQ record keeps the original key and value bytes; headers carry ``fraudlite.dlq.reason`` and
 ``fraudlite.source.topic``/``partition``/``offset``. With the envelope option the value is instead a
 JSON object with the same information and the original value (text if UTF-8, else base64).
+A value (or key) too large to be produced again (``dlq_truncate``; the producer refuses records above
+its ``max_request_size``, which would otherwise fail the batch forever) is cut to a bound, and the headers
+``fraudlite.dlq.truncated``, ``fraudlite.dlq.original_bytes`` and ``fraudlite.dlq.original_sha256`` say so.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -25,8 +29,12 @@ __all__ = [
     "encode_decisions",
     "dlq_headers",
     "dlq_envelope",
+    "dlq_truncate",
     "iso_now",
 ]
+
+#: Longest DLQ key kept (a key is an id; anything longer is garbage worth only its hash).
+MAX_DLQ_KEY_BYTES = 1024
 
 FRAUD, LEGIT = "fraud", "legit"
 
@@ -91,6 +99,27 @@ def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tu
         ("fraudlite.source.partition", str(partition).encode()),
         ("fraudlite.source.offset", str(offset).encode()),
     ]
+
+
+def dlq_truncate(
+    key: bytes | None, value: bytes | None, max_value_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Bound a DLQ record's key and value; returns them and the extra headers describing any cut."""
+    headers: list[tuple[str, bytes]] = []
+    if value is not None and len(value) > max_value_bytes:
+        headers += [
+            ("fraudlite.dlq.truncated", b"value"),
+            ("fraudlite.dlq.original_bytes", str(len(value)).encode()),
+            ("fraudlite.dlq.original_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
+        value = value[:max_value_bytes]
+    if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
+        headers += [
+            ("fraudlite.dlq.truncated_key", b"key"),
+            ("fraudlite.dlq.original_key_bytes", str(len(key)).encode()),
+        ]
+        key = key[:MAX_DLQ_KEY_BYTES]
+    return key, value, headers
 
 
 def dlq_envelope(

@@ -317,6 +317,9 @@ def _connect(bootstrap_servers: str, config: dict[str, Any]):
         "client_id": "fraudlite-replay",
     }
     producer_config.update(config)
+    from fraudlite.streaming.kafka_io import protect_secrets
+
+    protect_secrets(None, config.get("sasl_plain_password"), config.get("ssl_password"))
     admin_keys = set(KafkaAdminClient.DEFAULT_CONFIG)
     admin_config = {k: v for k, v in producer_config.items() if k in admin_keys}
     admin = _client(KafkaAdminClient, bootstrap_servers, admin_config)

@@ -22,12 +22,20 @@ Customer state follows partitions (``state_store``): every ``changelog_interval_
 changed since go to a compacted changelog topic inside the batch's transaction; on assignment the
 state is restored from it and the committed input records after its last record are replayed.
 
+Crash safety (``idempotence``): outputs of input partition ``p`` go to partition ``p`` of each output
+topic, every batch records output ``positions`` in its transaction, and a new owner skips outputs a
+crashed predecessor's transaction already made visible; the outputs of a batch are flushed before its
+changelog records, so a state that includes a batch implies all of that batch's outputs exist. The
+``transactional.id`` is stable per host slot (``claim_transactional_id``), so a restarted scorer ends
+its predecessor's open transaction; the group member is kept alive during long restores.
+
 The ``fraudlite serve`` entry point around it is ``fraudlite.streaming.serve.run_serve``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,10 +53,22 @@ from fraudlite.features.online import CustomerState, OnlineFeatures, TerminalTab
 from fraudlite.features.spec import SECONDS_PER_DAY
 from fraudlite.streaming.config import ServeConfig
 from fraudlite.streaming.decode import LabelDecoder, TransactionDecoder
+from fraudlite.streaming.health import BrokerHealth
+from fraudlite.streaming.idempotence import (
+    OUTPUT_KINDS,
+    POSITIONS_KEY,
+    Decided,
+    decode_positions,
+    encode_positions,
+    scan_outputs,
+)
 from fraudlite.streaming.kafka_io import (
     KafkaIOError,
     TopicSpec,
+    claim_transactional_id,
+    end_dead_transactions,
     ensure_topics,
+    keep_alive,
     make_admin,
     make_consumer,
     make_producer,
@@ -56,7 +76,7 @@ from fraudlite.streaming.kafka_io import (
     release_parked,
 )
 from fraudlite.streaming.metrics import ScorerMetrics, serve_metrics
-from fraudlite.streaming.outputs import dlq_envelope, dlq_headers, encode_decisions, iso_now
+from fraudlite.streaming.outputs import dlq_envelope, dlq_headers, dlq_truncate, encode_decisions, iso_now
 from fraudlite.streaming.reload import LoadedModel, ModelReloader
 from fraudlite.streaming.state_store import ChangelogWriter, restore_state
 from fraudlite.streaming.sync import EventTimeSync, Part
@@ -152,6 +172,17 @@ class Scorer:
         self._consumer = self._producer = self._feed = None
         self._restore_reader = self._end_reader = None
         self._last_periodic = 0.0
+        self._txn_id: str | None = config.transactional_id
+        self._txn_fd: int | None = None
+        self._dedupe = config.exactly_once and config.state_changelog
+        self._decided: dict[int, Decided] = {}  # input partition -> outputs already there (after a crash)
+        self._out_pos: dict[int, dict[str, int]] = {}  # input partition -> lower bound of its next outputs
+        self._max_records = config.batch.max_records  # lowered while batches are slow (_adapt_batch)
+        self._health = BrokerHealth(
+            self.metrics, config.bootstrap_servers, lambda: self._consumer, lambda: bool(self._assigned)
+        )
+        self._topics_unverified = False  # set when the connection comes back: did the broker keep them?
+        self._topic_ids: dict[str, str | None] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -190,6 +221,7 @@ class Scorer:
                 self.metrics.healthy.set(1)
                 if self.reloader is not None:
                     self.reloader.start()
+                self._health.start()
                 return
             except (KafkaError, KafkaIOError, OSError) as e:
                 self.metrics.healthy.set(0)
@@ -210,28 +242,21 @@ class Scorer:
             "connecting bootstrap=%s group=%s delivery=%s %s",
             cfg.bootstrap_servers, cfg.group_id, cfg.delivery, sec.describe(),
         )  # fmt: skip
-        admin = make_admin(cfg.bootstrap_servers, sec, client_id=f"{cfg.client_id}-admin")
-        try:
-            counts = ensure_topics(admin, [TopicSpec(topics.input, cfg.partitions)])
-            n = counts[topics.input]
-            specs = [TopicSpec(t, n) for t in (topics.output, topics.alerts, topics.dlq)]
-            if topics.labels:
-                specs.append(TopicSpec(topics.labels, cfg.partitions))
-            if cfg.state_changelog and topics.changelog:
-                specs.append(TopicSpec(topics.changelog, n, {"cleanup.policy": "compact"}))
-            counts.update(ensure_topics(admin, specs))
-        finally:
-            admin.close()
+        # A short first-contact timeout: the retry loop in connect() reports and backs off instead of
+        # kafka-python waiting 30 s in silence for a broker that is not there (yet).
+        counts, self._topic_ids = self._ensure_topics()
+        n = counts[topics.input]
         if cfg.state_changelog and topics.changelog and counts[topics.changelog] != n:
             raise UserError(
                 f"changelog topic {topics.changelog} has {counts[topics.changelog]} partitions but the input "
                 f"topic {topics.input} has {n}; they must match (delete the changelog or use another group id)"
             )
         self._partitions = counts
-        common = {"client_id": cfg.client_id}
+        # Topics are created here, with their partition counts and configs, never implicitly by a send.
+        common = {"client_id": cfg.client_id, "allow_auto_create_topics": False}
         if cfg.exactly_once:
             self._producer = make_producer(
-                cfg.bootstrap_servers, sec, transactional_id=cfg.resolved_transactional_id(),
+                cfg.bootstrap_servers, sec, transactional_id=self._transactional_id(),
                 transaction_timeout_ms=cfg.transaction_timeout_ms, linger_ms=5, batch_size=256 * 1024, **common,
             )  # fmt: skip
             self._producer.init_transactions()
@@ -241,12 +266,14 @@ class Scorer:
             )
         self._restore_reader = make_consumer(
             cfg.bootstrap_servers, sec, isolation_level="read_committed", client_id=f"{cfg.client_id}-restore",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=100, allow_auto_create_topics=False,
         )  # fmt: skip
-        self._end_reader = make_consumer(cfg.bootstrap_servers, sec, client_id=f"{cfg.client_id}-offsets")
+        self._end_reader = make_consumer(
+            cfg.bootstrap_servers, sec, client_id=f"{cfg.client_id}-offsets", allow_auto_create_topics=False
+        )
         feed_consumer = make_consumer(
             cfg.bootstrap_servers, sec, isolation_level="read_committed", client_id=f"{cfg.client_id}-terminals",
-            fetch_max_wait_ms=100, max_poll_records=100_000,
+            fetch_max_wait_ms=100, max_poll_records=100_000, allow_auto_create_topics=False,
         )  # fmt: skip
         self._feed = TerminalFeed(
             feed_consumer, self.online.terminals, topics.input, topics.labels, self.decoder,
@@ -260,6 +287,63 @@ class Scorer:
             max_poll_records=cfg.batch.max_records, fetch_max_wait_ms=min(cfg.batch.max_ms, 500), **common,
         )  # fmt: skip
         self._consumer.subscribe([topics.input], listener=_Listener(self))
+
+    def _ensure_topics(self) -> tuple[dict[str, int], dict[str, str | None]]:
+        """Create missing topics; return their partition counts and topic ids (None if not reported)."""
+        cfg, topics = self.config, self.config.topics
+        # A short first-contact timeout: the retry loop in connect() reports and backs off instead of
+        # kafka-python waiting 30 s in silence for a broker that is not there (yet).
+        admin = make_admin(
+            cfg.bootstrap_servers, cfg.security, client_id=f"{cfg.client_id}-admin", bootstrap_timeout_ms=5000
+        )
+        try:
+            counts = ensure_topics(admin, [TopicSpec(topics.input, cfg.partitions)])
+            n = counts[topics.input]
+            specs = [TopicSpec(t, n) for t in (topics.output, topics.alerts, topics.dlq)]
+            if topics.labels:
+                specs.append(TopicSpec(topics.labels, cfg.partitions))
+            if cfg.state_changelog and topics.changelog:
+                specs.append(TopicSpec(topics.changelog, n, {"cleanup.policy": "compact"}))
+            counts.update(ensure_topics(admin, specs))
+            ids = {
+                m.get("name") or m.get("topic"): m.get("topic_id")
+                for m in admin.describe_topics(sorted(counts))
+            }
+        finally:
+            admin.close()
+        return counts, ids
+
+    def _check_topics_after_outage(self) -> None:
+        """After the broker came back: if it lost our topics (the embedded broker keeps nothing across a
+        restart; Kafka does), start a fresh session: new clients, empty state, the new topics' offsets."""
+        try:
+            counts, ids = self._ensure_topics()
+        except (KafkaError, KafkaIOError, OSError) as e:
+            logger.warning("checking topics after the outage failed (%s); retrying", e)
+            self._stop.wait(1.0)
+            return
+        self._topics_unverified = False
+        lost = sorted(t for t, i in self._topic_ids.items() if i is not None and ids.get(t) != i)
+        if not lost:
+            return
+        logger.warning(
+            "the broker came back without our topics (%s recreated: memory storage restarted?); starting a new "
+            "session from empty state and the new topics' committed offsets", ", ".join(lost),
+        )  # fmt: skip
+        self._close_clients()
+        spec = self.model.spec
+        self.online = OnlineFeatures(spec, TerminalTable(spec))
+        skew = max(0, min(spec.delay_days - 1, self.online.terminals.slack_days))
+        self._sync = EventTimeSync(self.decoder, skew)
+        self._paused, self._assigned, self._lost = set(), set(), set()
+        self.writers.clear()
+        self._dirty.clear()
+        self._decided.clear()
+        self._out_pos.clear()
+        self._assignment_changed = self._needs_recovery = False
+        self._health.new_session()
+        self.metrics.assigned.set(0)
+        self.connect()
 
     def run(
         self, max_batches: int | None = None, until: Callable[[ServeSummary], bool] | None = None
@@ -275,12 +359,17 @@ class Scorer:
         try:
             while not self._stop.is_set():
                 self._swap_model()
+                if self._health.take_reconnected():
+                    self._topics_unverified = True
+                if self._topics_unverified:
+                    self._check_topics_after_outage()
+                    continue
                 try:
                     release_parked(self._consumer)
                     # Do not wait for new records while a full batch is already buffered.
-                    full = parts and self._sync.buffered >= cfg.batch.max_records
+                    full = parts and self._sync.buffered >= self._max_records
                     wait = 0 if full else cfg.batch.max_ms
-                    batch = self._consumer.poll(timeout_ms=wait, max_records=cfg.batch.max_records)
+                    batch = self._consumer.poll(timeout_ms=wait, max_records=self._max_records)
                 except KafkaError as e:
                     self._unhealthy("poll", e)
                     continue
@@ -293,13 +382,15 @@ class Scorer:
                 t0 = perf_counter()
                 for tp, records in batch.items():
                     self._sync.add(tp, records)
-                parts = self._sync.take(self._assigned, self._caught_up, cfg.batch.max_records)
+                parts = self._sync.take(self._assigned, self._caught_up, self._max_records)
                 self._pause_held()
                 if parts:
                     try:
                         self._process(parts, perf_counter() - t0)
                     except (KafkaError, KafkaIOError) as e:
                         self._recover(e)
+                    else:
+                        self._adapt_batch(sum(len(r) for _, r, _ in parts), perf_counter() - t0)
                     self.summary.seconds = time.monotonic() - start
                     if (max_batches is not None and self.summary.batches >= max_batches) or (
                         until is not None and until(self.summary)
@@ -307,7 +398,10 @@ class Scorer:
                         break
                 self._periodic()
             if self._stop.is_set():
-                self._flush_changelog()
+                if not self._health.down:
+                    self._flush_changelog()
+                else:  # would block until the broker is back; the next owner replays the input instead
+                    logger.warning("kafka unreachable: stopping without the final changelog record")
         finally:
             self.summary.seconds = time.monotonic() - start
             self.metrics.ready.set(0)
@@ -316,6 +410,7 @@ class Scorer:
     def close(self) -> None:
         """Stop the reload watcher, leave the group, close every client and the metrics endpoint."""
         self.metrics.ready.set(0)
+        self._health.stop()
         if self.reloader is not None:
             self.reloader.stop()
         self._close_clients()
@@ -323,6 +418,60 @@ class Scorer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._txn_fd is not None:  # frees the host slot of our transactional id
+            os.close(self._txn_fd)
+            self._txn_fd = None
+            if not self.config.transactional_id:
+                self._txn_id = None
+
+    def _transactional_id(self) -> str:
+        """The producer's ``transactional.id``, resolved once per scorer (a recreated producer reuses it,
+        ending its predecessor's transaction): the configured one, else this host's first free slot."""
+        if self._txn_id is None:
+            cfg = self.config
+            try:
+                self._txn_id, self._txn_fd = claim_transactional_id(cfg.group_id, cfg.bootstrap_servers)
+            except OSError as e:
+                self._txn_id = cfg.resolved_transactional_id()
+                logger.warning(
+                    "no stable transactional id (%s); using %s: after a crash, restarting does not end "
+                    "this process's open transaction", e, self._txn_id,
+                )  # fmt: skip
+            logger.info("transactional_id=%s", self._txn_id)
+        return self._txn_id
+
+    def _keep_alive(self) -> None:
+        keep_alive(self._consumer)
+
+    def _end_dead_transactions(self) -> None:
+        """A member died? End its open transaction before reading what it wrote (see kafka_io)."""
+        cfg = self.config
+        if not cfg.exactly_once or cfg.transactional_id or self._txn_fd is None:
+            return
+        ended = end_dead_transactions(
+            cfg.group_id, cfg.bootstrap_servers, cfg.security, client_id=cfg.client_id
+        )
+        if ended:
+            logger.info("ended open transactions of stopped scorers on this host: %s", ", ".join(ended))
+
+    def _adapt_batch(self, records: int, seconds: float) -> None:
+        """Keep a batch well inside ``max.poll.interval.ms`` (else the member is kicked out mid-batch).
+
+        A batch slower than a quarter of the interval shrinks the next ones to what fits in that
+        quarter at the rate just measured; fast batches (under a sixteenth) let the size grow back.
+        """
+        budget = self.config.max_poll_interval_ms / 1000 / 4
+        limit = self.config.batch.max_records
+        if seconds > budget and records > 1:
+            fits = max(1, int(records * budget / seconds))
+            if fits < self._max_records:
+                logger.warning(
+                    "batch of %d records took %.1fs (max.poll.interval.ms=%d): batches now at most %d records",
+                    records, seconds, self.config.max_poll_interval_ms, fits,
+                )  # fmt: skip
+                self._max_records = fits
+        elif seconds < budget / 4 and self._max_records < limit and records >= self._max_records:
+            self._max_records = min(limit, self._max_records * 2)
 
     def _close_clients(self) -> None:
         if self._consumer is not None:
@@ -396,8 +545,10 @@ class Scorer:
         if valid:
             x = features[0] if len(features) == 1 else np.concatenate(features)
         t2 = perf_counter()
+        self._keep_alive()
         scores = model.scorer.score(x) if valid else np.zeros(0, dtype=np.float32)
         t3 = perf_counter()
+        self._keep_alive()
 
         producer = self._producer
         send = producer.send
@@ -408,13 +559,17 @@ class Scorer:
         scored_at = iso_now(time.time())
         n_out = self._partitions[topics.output]
         n_alert = self._partitions[topics.alerts]
+        n_dlq = self._partitions[topics.dlq]
         n_input = self._partitions[topics.input]
         offset = 0
         n_fraud = n_alerts = 0
         changelog: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
         invalid_reasons: list[str] = []
+        last_sent: dict[tuple[str, int], object] = {}  # (output kind, partition) -> its last future
+        suppressed = {kind: 0 for kind in OUTPUT_KINDS}
         for tp, records, d in parts:
             p = tp.partition
+            decided = self._decided.get(p)  # outputs a crashed predecessor already made visible
             if len(d):
                 s = scores[offset : offset + len(d)]
                 offset += len(d)
@@ -423,32 +578,66 @@ class Scorer:
                 )
                 keys = [c.encode() for c in d.customer_id]
                 out_p = p if n_out == n_input else None
-                for k, v in zip(keys, values, strict=True):
-                    futures.append(send(topics.output, value=v, key=k, partition=out_p))
+                before = len(futures)
+                if decided is None:
+                    for k, v in zip(keys, values, strict=True):
+                        futures.append(send(topics.output, value=v, key=k, partition=out_p))
+                else:
+                    for k, v, tx in zip(keys, values, d.tx_id, strict=True):
+                        if Decided.take(decided.decisions, tx):
+                            suppressed["decisions"] += 1
+                        else:
+                            futures.append(send(topics.output, value=v, key=k, partition=out_p))
+                if len(futures) > before:
+                    last_sent[("decisions", p)] = futures[-1]
                 n_fraud += int(fraud.sum())
                 alert_p = p if n_alert == n_input else None
                 for i in np.flatnonzero(s >= model.alert_threshold).tolist():
-                    futures.append(send(topics.alerts, value=values[i], key=keys[i], partition=alert_p))
                     n_alerts += 1
+                    if decided is not None and Decided.take(decided.alerts, d.tx_id[i]):
+                        suppressed["alerts"] += 1
+                        continue
+                    futures.append(send(topics.alerts, value=values[i], key=keys[i], partition=alert_p))
+                    last_sent[("alerts", p)] = futures[-1]
                 if cfg.state_changelog:
                     self._dirty.setdefault(p, {}).update(dict.fromkeys(d.customer_id))
             self.writers.setdefault(p, ChangelogWriter()).input_offset = records[-1].offset + 1
+            dlq_p = p if n_dlq == n_input else None
             for pos, reason in d.invalid:
                 r = records[pos]
                 invalid_reasons.append(reason)
+                if decided is not None and r.offset in decided.dlq:
+                    decided.dlq.discard(r.offset)
+                    suppressed["dlq"] += 1
+                    continue
                 headers = dlq_headers(reason, tp.topic, p, r.offset)
-                value = r.value
+                key, value, cut = dlq_truncate(r.key, r.value, cfg.dlq_max_value_bytes)
+                headers += cut
                 if cfg.dlq_envelope:
-                    value = dlq_envelope(reason, tp.topic, p, r.offset, r.timestamp, r.key, r.value)
-                elif not value and r.key is None:
+                    value = dlq_envelope(reason, tp.topic, p, r.offset, r.timestamp, key, value)
+                elif not value and key is None:
                     value = b""
-                futures.append(send(topics.dlq, value=value, key=r.key, headers=headers))
+                futures.append(send(topics.dlq, value=value, key=key, headers=headers, partition=dlq_p))
+                last_sent[("dlq", p)] = futures[-1]
+            if self._dedupe:
+                # Lower bound of where this batch's outputs of partition p start, committed with it.
+                futures.append(
+                    send(topics.changelog, key=POSITIONS_KEY, partition=p,
+                         value=encode_positions(records[0].offset, self._output_positions(p)))
+                )  # fmt: skip
+            if decided is not None and records[-1].offset + 1 >= decided.until:
+                del self._decided[p]  # past anything an uncommitted batch can have covered
         if not eos:
             producer.flush()
             self._check_sent(futures)
             futures = []
         if cfg.state_changelog and time.monotonic() - self._last_changelog >= cfg.changelog_interval_s:
             changelog = self._changelog_records()
+        if changelog and eos:
+            # The outputs reach the broker before the state that includes this batch: should the
+            # transaction survive a crash only in part (the embedded broker commits a crashed producer's
+            # open transaction), a restored state never claims a batch whose outputs are missing.
+            producer.flush()
         for p, records in changelog:
             for key, value in records:
                 futures.append(send(topics.changelog, value=value, key=key, partition=p))
@@ -467,6 +656,12 @@ class Scorer:
             raise
         t5 = perf_counter()
         now = time.time()
+        for (kind, p), future in last_sent.items():
+            if p not in self._decided and future.succeeded():
+                self._out_pos.setdefault(p, {})[kind] = future.value.offset + 1
+        for kind, n in suppressed.items():
+            if n:
+                m.duplicates_suppressed.labels(kind).inc(n)
 
         n_valid = len(scores)
         m.stage_seconds.labels("decode").observe(t1 - t0)
@@ -562,13 +757,14 @@ class Scorer:
                     self.online.drop_partition(p)
                 self.writers.clear()
                 self._dirty.clear()
+                self._decided.clear()
                 for tp in sorted(self._consumer.assignment(), key=lambda t: t.partition):
                     self._restore(tp.partition)
                     self._rewind(tp)
                 self._needs_recovery = False
                 self.metrics.healthy.set(1)
                 return
-            except (KafkaError, KafkaIOError, OSError) as e:
+            except (KafkaError, KafkaIOError, OSError, ValueError) as e:
                 self.metrics.healthy.set(0)
                 if self._stop.is_set():
                     raise
@@ -593,7 +789,7 @@ class Scorer:
         except Exception:  # noqa: BLE001
             pass
         self._producer = make_producer(
-            cfg.bootstrap_servers, cfg.security, transactional_id=cfg.resolved_transactional_id(),
+            cfg.bootstrap_servers, cfg.security, transactional_id=self._transactional_id(),
             transaction_timeout_ms=cfg.transaction_timeout_ms, linger_ms=5, batch_size=256 * 1024,
             client_id=cfg.client_id,
         )  # fmt: skip
@@ -612,7 +808,11 @@ class Scorer:
             self._consumer.seek_to_beginning(tp)
         else:
             self._consumer.seek_to_end(tp)
-        self._feed.own(tp.partition, self._consumer.position(tp))
+        position = self._consumer.position(tp)
+        decided = self._decided.get(tp.partition)
+        if decided is not None:  # an uncommitted batch covers at most max_records records from here
+            decided.until = position + self.config.batch.max_records
+        self._feed.own(tp.partition, position)
 
     # -- partitions and state -------------------------------------------------------------------------
 
@@ -630,25 +830,67 @@ class Scorer:
             TopicPartition(cfg.topics.changelog, partition),
             lambda batch: records.extend((r.key, r.value) for r in batch),
             timeout_s=cfg.transaction_timeout_ms / 1000 + 30,
+            tick=self._keep_alive,
         )
-        state, writer = restore_state(spec, records)
-        replayed = self._replay_input(partition, state, writer)
+        positions = None
+        state_records = []
+        for key, value in records:
+            if key == POSITIONS_KEY:
+                positions = decode_positions(value)
+            else:
+                state_records.append((key, value))
+        state, writer = restore_state(spec, state_records)
+        touched: dict[str, None] = {}
+        replayed = self._replay_input(partition, state, writer, touched)
         self.online.set_state(partition, state)
         self.writers[partition] = writer
-        self._dirty.pop(partition, None)
+        # Customers changed by the replay are in no changelog record yet: the next one must carry them,
+        # else a later restore that starts from that record (past the replayed range) loses them.
+        self._dirty[partition] = touched
+        decided = self._scan_outputs(partition, positions) if self._dedupe else 0
         seconds = perf_counter() - t0
         self.metrics.state_restore_seconds.observe(seconds)
         logger.info(
-            "restored partition=%d customers=%d changelog_records=%d replayed=%d input_offset=%d seconds=%.3f",
-            partition, len(state), len(records), replayed, writer.input_offset, seconds,
+            "restored partition=%d customers=%d changelog_records=%d replayed=%d input_offset=%d "
+            "outputs_already_there=%d seconds=%.3f",
+            partition, len(state), len(records), replayed, writer.input_offset, decided, seconds,
         )  # fmt: skip
 
-    def _replay_input(self, partition: int, state: CustomerState, writer: ChangelogWriter) -> int:
+    def _output_positions(self, partition: int) -> dict[str, int]:
+        """Offsets in the output partitions below which no output of this partition's next input lies."""
+        decided = self._decided.get(partition)
+        return decided.start if decided is not None else self._out_pos.get(partition, {})
+
+    def _scan_outputs(self, partition: int, start: dict[str, int] | None) -> int:
+        """What a predecessor already wrote for ``partition`` (``idempotence.scan_outputs``); returns how
+        many outputs were found (each is skipped once when its input is processed again)."""
+        cfg, topics = self.config, self.config.topics
+        n_in = self._partitions[topics.input]
+        outputs = {
+            kind: topic
+            for kind, topic in zip(OUTPUT_KINDS, (topics.output, topics.alerts, topics.dlq), strict=True)
+            if self._partitions.get(topic) == n_in  # else not aligned with input partitions: nothing to find
+        }
+        decided, ends = scan_outputs(
+            self._restore_reader, self._end_reader, outputs, topics.input, partition, start,
+            timeout_s=cfg.transaction_timeout_ms / 1000 + 30, tick=self._keep_alive,
+        )  # fmt: skip
+        self._out_pos[partition] = ends
+        if decided:
+            self._decided[partition] = decided
+        else:
+            self._decided.pop(partition, None)
+        return len(decided)
+
+    def _replay_input(
+        self, partition: int, state: CustomerState, writer: ChangelogWriter, touched: dict[str, None]
+    ) -> int:
         """Apply the input records committed after the changelog's last record to ``state``.
 
         The changelog is written every ``changelog_interval_s``, so up to that much committed input is
         not in it; re-running those records through the same customer-state update gives exactly the
-        state an uninterrupted scorer has (terminal features are not part of it).
+        state an uninterrupted scorer has (terminal features are not part of it). The customers it
+        changes are added to ``touched``.
         """
         tp = TopicPartition(self.config.topics.input, partition)
         committed = self._consumer.committed(tp)
@@ -664,12 +906,14 @@ class Scorer:
             d = self.decoder.decode([r.value for r in records])
             if len(d):
                 scratch.compute(partition, d.ts, d.customer_id, d.terminal_id, d.amount_cents)
+                touched.update(dict.fromkeys(d.customer_id))
             count += len(records)
 
         start = writer.input_offset if writer.input_offset >= 0 else None
         read_partition_to_end(
             self._restore_reader, self._end_reader, tp, apply,
             timeout_s=self.config.transaction_timeout_ms / 1000 + 30, start=start, end=committed,
+            tick=self._keep_alive,
         )  # fmt: skip
         writer.input_offset = committed
         return count
@@ -705,8 +949,13 @@ class Scorer:
             if p not in mine or p in self._lost:
                 self.online.drop_partition(p)
                 self.writers.pop(p, None)
+        for p in set(self._decided) | set(self._out_pos):
+            if p not in mine:
+                self._decided.pop(p, None)
+                self._out_pos.pop(p, None)
         self._lost = set()
         try:
+            self._end_dead_transactions()
             for tp in assigned:
                 p = tp.partition
                 writer = self.writers.get(p)
@@ -714,10 +963,13 @@ class Scorer:
                 current = writer is not None and p in self.online.states and writer.input_offset == committed
                 if not current:
                     self._restore(p)
+                elif self._dedupe:  # kept state; another member may still have written outputs meanwhile
+                    self._scan_outputs(p, self._output_positions(p))
                 self._rewind(tp)
             for p in set(self._feed.owned) - set(mine):
                 self._feed.disown(p)
-        except (KafkaError, KafkaIOError, OSError) as e:
+        except (KafkaError, KafkaIOError, OSError, ValueError) as e:
+            # ValueError: kafka-python's "Unassigned partition" when the assignment was lost meanwhile
             logger.warning("restoring state on assignment failed (%s); will retry", e)
             self._needs_recovery = True
         self.metrics.assigned.set(len(mine))

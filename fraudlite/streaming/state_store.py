@@ -16,6 +16,11 @@ exactly-once this always equals the committed offset).
 Keys: ``snapshot:<part>`` and ``delta:<snapshot id>:<seq>:<part>``; restore replays the records in offset
 order with "last value per key wins, null deletes" -- exactly what compaction would keep -- so it gives
 the same state whether or not the broker has compacted yet.
+
+A transaction committed only in part (the embedded broker commits a crashed producer's open transaction
+as far as it got) can leave the newest snapshot or delta with parts missing. Restore then uses the newest
+complete data (the older records are still in the log on that broker: it never compacts) and tells the
+writer to start over with a fresh snapshot under a new id, so nothing incomplete is ever built upon.
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ class ChangelogWriter:
     snapshot_bytes: int = 0
     input_offset: int = -1
     delta_keys: list[bytes] = field(default_factory=list)
+    force_snapshot: bool = False  # after restoring around an incomplete record: persist all anew
 
     def records(
         self, state: CustomerState, customer_ids: Sequence[str], input_offset: int
@@ -120,6 +126,8 @@ class ChangelogWriter:
             customer_ids: customers the batch touched (duplicates allowed).
             input_offset: next input offset after the batch.
         """
+        if self.force_snapshot:
+            return self.snapshot(state, input_offset)
         delta = state.export_rows(list(dict.fromkeys(customer_ids)))
         self.input_offset = input_offset
         if self.delta_bytes + len(delta) <= max(MIN_SNAPSHOT_BYTES, self.snapshot_bytes):
@@ -149,6 +157,7 @@ class ChangelogWriter:
         self.snapshot_id, self.snapshot_parts, self.snapshot_bytes = snapshot_id, len(parts), len(blob)
         self.seq, self.delta_bytes, self.delta_keys = 0, 0, []
         self.input_offset = input_offset
+        self.force_snapshot = False
         return out
 
 
@@ -167,6 +176,7 @@ def restore_state(spec: FeatureSpec, records: Iterable[tuple[bytes | None, bytes
     Raises:
         DataError: a corrupt record, an incomplete snapshot or delta, or a state of another spec.
     """
+    history: list[bytes] = []
     latest: dict[bytes, bytes] = {}
     for key, value in records:
         if key is None:
@@ -175,18 +185,25 @@ def restore_state(spec: FeatureSpec, records: Iterable[tuple[bytes | None, bytes
             latest.pop(key, None)
         else:
             latest[key] = value
-    snapshots: dict[int, dict[int, tuple[_Header, bytes]]] = {}
-    deltas: dict[tuple[int, int], dict[int, tuple[_Header, bytes]]] = {}
-    for value in latest.values():
-        header, part = decode_value(value)
-        if header.kind == SNAPSHOT:
-            snapshots.setdefault(header.snapshot_id, {})[header.part] = (header, part)
-        else:
-            deltas.setdefault((header.snapshot_id, header.seq), {})[header.part] = (header, part)
-
+            history.append(value)
+    snapshots, deltas = _index(latest.values())
     writer = ChangelogWriter()
+    newest = max(snapshots, default=0)
+    used_ids, used_parts, used_delta_keys = 0, 0, []
+    if newest and not _complete(snapshots[newest]):
+        # A partly committed transaction: rebuild from every value in the log (see the module docstring)
+        # and make the writer continue past every id and key used so far.
+        used_ids = newest
+        used_parts = max(h.parts for parts in snapshots.values() for h, _ in parts.values())
+        used_delta_keys = [k for k in latest if k.startswith(b"delta:")]
+        snapshots, deltas = _index(history)
+        newest = max(
+            (sid for sid, parts in snapshots.items() if _complete(parts) and sid < used_ids), default=0
+        )
+        writer.force_snapshot = True
+
     state = CustomerState(spec)
-    snapshot_id = max(snapshots, default=0)
+    snapshot_id = newest
     if snapshot_id:
         parts = snapshots[snapshot_id]
         header = next(iter(parts.values()))[0]
@@ -202,13 +219,42 @@ def restore_state(spec: FeatureSpec, records: Iterable[tuple[bytes | None, bytes
         if sid != snapshot_id:
             continue  # superseded by the snapshot (compaction would have removed it)
         header = next(iter(parts.values()))[0]
+        writer.delta_keys += [b"delta:%d:%d:%d" % (sid, seq, i) for i in range(header.parts)]
+        writer.seq = seq + 1  # never reuse a (snapshot, seq) key, complete or not
+        if not _complete(parts):
+            if seq != max(q for s_, q in deltas if s_ == sid):
+                raise DataError(
+                    f"changelog delta {sid}:{seq} is incomplete: parts {sorted(parts)} of {header.parts}"
+                )
+            writer.force_snapshot = True  # the newest delta, partly committed: skipped
+            continue
         blob = _join(parts, header.parts, f"delta {sid}:{seq}")
         state.import_rows(_inflate(blob, header.flags, f"delta {sid}:{seq}"))
-        writer.seq = seq + 1
         writer.delta_bytes += len(blob)
-        writer.delta_keys += [b"delta:%d:%d:%d" % (sid, seq, i) for i in range(header.parts)]
         writer.input_offset = max(writer.input_offset, header.input_offset)
+    if used_ids:
+        writer.snapshot_id = max(writer.snapshot_id, used_ids)
+        writer.snapshot_parts = max(writer.snapshot_parts, used_parts)
+        writer.delta_keys = sorted(set(writer.delta_keys) | set(used_delta_keys))
     return state, writer
+
+
+def _index(values: Iterable[bytes]) -> tuple[dict, dict]:
+    """``({snapshot id: {part: (header, payload)}}, {(snapshot id, seq): {part: (header, payload)}})``."""
+    snapshots: dict[int, dict[int, tuple[_Header, bytes]]] = {}
+    deltas: dict[tuple[int, int], dict[int, tuple[_Header, bytes]]] = {}
+    for value in values:
+        header, part = decode_value(value)
+        if header.kind == SNAPSHOT:
+            snapshots.setdefault(header.snapshot_id, {})[header.part] = (header, part)
+        else:
+            deltas.setdefault((header.snapshot_id, header.seq), {})[header.part] = (header, part)
+    return snapshots, deltas
+
+
+def _complete(parts: dict[int, tuple[_Header, bytes]]) -> bool:
+    count = next(iter(parts.values()))[0].parts
+    return sorted(parts) == list(range(count)) and all(h.parts == count for h, _ in parts.values())
 
 
 def _join(parts: dict[int, tuple[_Header, bytes]], count: int, what: str) -> bytes:

@@ -1,0 +1,49 @@
+"""Fixtures of the reliability suite (issue 7): a real embedded broker for the session, a small model and
+topic factories. Helpers shared with the benchmarks live in ``reliability_support``.
+
+* ``rel_broker``: the session's shared embedded broker (``broker`` in tests/conftest.py); the broker
+  fault test runs its own on a fixed port.
+* ``rel_model``: a model directory (random MLP scaled to ``rel_data``'s features).
+* ``rel_topics(partitions=4) -> Topics``: fresh input and labels topics (created) and unique output names.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reliability_support import create_topics, feature_stats, make_transactions, write_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def rel_broker(broker):
+    return broker
+
+
+@pytest.fixture(scope="session")
+def rel_data():
+    return make_transactions(4000, customers=300, terminals=200, days=30, seed=11)
+
+
+@pytest.fixture(scope="session")
+def rel_model(tmp_path_factory, rel_data):
+    return write_model(tmp_path_factory.mktemp("rel-model") / "m", stats=feature_stats(rel_data), seed=1)
+
+
+@pytest.fixture
+def rel_topics(rel_broker, request):
+    from fraudlite.streaming.config import Topics
+
+    def make(partitions: int = 4) -> Topics:
+        test = "".join(c if c.isalnum() else "-" for c in request.node.name)[:30]
+        u = f"{test}-{uuid.uuid4().hex[:6]}"
+        t = Topics(input=f"in-{u}", output=f"dec-{u}", alerts=f"al-{u}", dlq=f"dlq-{u}", labels=f"lab-{u}")
+        create_topics(rel_broker.bootstrap, [t.input, t.labels], partitions)
+        return t
+
+    return make
