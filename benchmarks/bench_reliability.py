@@ -331,6 +331,8 @@ def measure(crash_n: int = 200_000, kills: int = 5, rebalance_n: int = 60_000, p
             rows.append({"scenario": "broker restart", "faults": "-", "in": "-", "out": "-", "lost": "-",
                          "dup": "-", "poison": "-", "recovery": "-", "note": f"FAILED: {e}"[:300]})  # fmt: skip
     lines = [
+        "## Reliability under injected faults (issue 7)",
+        "",
         "| scenario | faults injected | transactions in | decisions out | lost | duplicated | poison sent / in DLQ "
         "| recovery | note |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -351,6 +353,8 @@ def measure(crash_n: int = 200_000, kills: int = 5, rebalance_n: int = 60_000, p
         "dead predecessor's open transaction there) and on host-slot transactional ids (survivors end a dead "
         "member's transaction). Recovery times include Python start-up and the consumer-group join "
         "(session timeout 3 s). Shared 2-core machine: times are indicative.",
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/run.py --only bench_reliability`.",
     ]
     return "\n".join(lines) + "\n"
 

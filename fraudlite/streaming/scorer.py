@@ -51,6 +51,7 @@ from prometheus_client import CollectorRegistry
 from fraudlite.errors import UserError
 from fraudlite.features.online import CustomerState, OnlineFeatures, TerminalTable
 from fraudlite.features.spec import SECONDS_PER_DAY
+from fraudlite.streaming.bulk_send import send_many
 from fraudlite.streaming.config import ServeConfig
 from fraudlite.streaming.decode import LabelDecoder, TransactionDecoder
 from fraudlite.streaming.health import BrokerHealth
@@ -578,18 +579,21 @@ class Scorer:
                 )
                 keys = [c.encode() for c in d.customer_id]
                 out_p = p if n_out == n_input else None
-                before = len(futures)
-                if decided is None:
-                    for k, v in zip(keys, values, strict=True):
-                        futures.append(send(topics.output, value=v, key=k, partition=out_p))
+                out_keys, out_values = keys, values
+                if decided is not None:
+                    keep = [not Decided.take(decided.decisions, tx) for tx in d.tx_id]
+                    suppressed["decisions"] += keep.count(False)
+                    out_keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+                    out_values = [v for v, ok in zip(values, keep, strict=True) if ok]
+                if out_p is None:
+                    sent = [
+                        send(topics.output, value=v, key=k) for k, v in zip(out_keys, out_values, strict=True)
+                    ]
                 else:
-                    for k, v, tx in zip(keys, values, d.tx_id, strict=True):
-                        if Decided.take(decided.decisions, tx):
-                            suppressed["decisions"] += 1
-                        else:
-                            futures.append(send(topics.output, value=v, key=k, partition=out_p))
-                if len(futures) > before:
-                    last_sent[("decisions", p)] = futures[-1]
+                    sent = send_many(producer, topics.output, out_p, out_keys, out_values)
+                if sent:
+                    futures += sent
+                    last_sent[("decisions", p)] = sent[-1]
                 n_fraud += int(fraud.sum())
                 alert_p = p if n_alert == n_input else None
                 for i in np.flatnonzero(s >= model.alert_threshold).tolist():
@@ -639,8 +643,9 @@ class Scorer:
             # open transaction), a restored state never claims a batch whose outputs are missing.
             producer.flush()
         for p, records in changelog:
-            for key, value in records:
-                futures.append(send(topics.changelog, value=value, key=key, partition=p))
+            futures += send_many(
+                producer, topics.changelog, p, [k for k, _ in records], [v for _, v in records]
+            )
         t4 = perf_counter()
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records, _ in parts}
         try:
