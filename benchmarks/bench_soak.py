@@ -167,6 +167,8 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         try:
             while feed.thread.is_alive():
                 time.sleep(sample_s)
+                if not proc.alive:
+                    raise RuntimeError(f"fraudlite serve died during the soak:\n{proc.tail()}")
                 m = proc.metrics()
                 consumed = sum(v for k, v in m.items() if k.startswith("fraudlite_messages_consumed_total"))
                 lag = sum(v for k, v in m.items() if k.startswith("fraudlite_consumer_lag_messages"))

@@ -46,9 +46,9 @@ def send_many(
     topic: str,
     partition: int,
     keys: Sequence[bytes | None],
-    values: Sequence[bytes],
+    values: Sequence[bytes | None],
 ) -> list:
-    """Send ``values`` (with ``keys``) to ``topic[partition]`` in order.
+    """Send ``values`` (with ``keys``; a None value is a tombstone) to ``topic[partition]`` in order.
 
     Returns:
         One future per record batch the records went into (records of a batch share its outcome), the
@@ -72,8 +72,10 @@ def send_many(
         partitions = producer._wait_on_metadata(topic, producer.config["max_block_ms"])
     if partition not in partitions:
         raise ValueError(f"topic {topic} has no partition {partition}")
+    if any(v is None and k is None for k, v in zip(keys, values, strict=True)):
+        raise ValueError("Need at least one: key or value")  # send's message for a keyless tombstone
     # The biggest record decides whether any is too large (what send checks record by record).
-    longest = max(range(len(values)), key=lambda i: len(values[i]) + len(keys[i] or b""))
+    longest = max(range(len(values)), key=lambda i: len(values[i] or b"") + len(keys[i] or b""))
     producer._ensure_valid_record_size(producer._estimate_size_in_bytes(keys[longest], values[longest], []))
 
     tp = TopicPartition(topic, partition)

@@ -14,9 +14,13 @@ from fraudlite.streaming.bulk_send import send_many, supports_bulk
 pytestmark = pytest.mark.integration
 
 
-def _records(n: int, tag: str) -> tuple[list[bytes | None], list[bytes]]:
+def _records(n: int, tag: str) -> tuple[list[bytes | None], list[bytes | None]]:
+    """Keyed and unkeyed records, and tombstones (None values, as the changelog writes)."""
     keys = [None if i % 7 == 0 else f"C{i % 13}".encode() for i in range(n)]
-    values = [f'{{"tx_id": "{tag}{i}", "score": {i / n:.6f}}}'.encode() for i in range(n)]
+    values = [
+        None if i % 11 == 5 and keys[i] else f'{{"tx_id": "{tag}{i}", "score": {i / n:.6f}}}'.encode()
+        for i in range(n)
+    ]
     return keys, values
 
 
@@ -46,7 +50,7 @@ def test_same_records_as_send_in_a_committed_transaction(producer, make_topic, c
 
     got, want = consume_all(bulk, min_count=2500), consume_all(loop, min_count=2500)
     assert [(r.partition, r.key, r.value) for r in got] == [(r.partition, r.key, r.value) for r in want]
-    assert [r.value for r in got] == values
+    assert [r.value for r in got] == values and None in values
     assert len(futures) > 1, "batch_size 4096 splits 2,500 records into several batches"
     assert all(f.succeeded() for f in futures)
     assert futures[-1].value.offset == got[-1].offset
@@ -75,6 +79,8 @@ def test_errors_are_those_of_send(producer, make_topic):
     producer.begin_transaction()
     with pytest.raises(ValueError, match="no partition 5"):
         send_many(producer, topic, 5, [b"k"], [b"v"])
+    with pytest.raises(ValueError, match="key or value"):
+        send_many(producer, topic, 0, [b"k", None], [b"v", None])
     huge = b"x" * (producer.config["max_request_size"] + 1)
     with pytest.raises(MessageSizeTooLargeError):
         send_many(producer, topic, 0, [b"k", b"k"], [b"small", huge])
