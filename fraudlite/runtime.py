@@ -3,7 +3,9 @@
 Session options (why): one intra-op thread, because our graphs are a few small matmuls where thread
 hand-off costs more than it saves and the scorer scales by processes/partitions instead; sequential
 execution; the CPU memory arena off, because it grows in chunks to the largest batch ever seen and never
-returns memory, while our tensors are tiny; memory pattern on, so repeated batch shapes reuse plans.
+returns memory, while our tensors are tiny; memory patterns off, because ORT caches one per input shape
+and a micro-batching scorer sees every batch size from 1 to its maximum: the cache grew RSS by ~12 MB
+over a 10-minute soak (measured: no speed difference at batch 1, 256 or 2000 on these graphs).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = True
+    opts.enable_mem_pattern = False
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return opts

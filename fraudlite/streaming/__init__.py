@@ -8,8 +8,12 @@ Modules, one concept each: ``config`` (settings), ``decode`` (batch decoding + v
 (event-time lockstep of partitions), ``terminal_feed`` (global terminal table), ``state_store``
 (changelog of customer state), ``outputs`` (decision/DLQ encoding), ``metrics`` (Prometheus),
 ``reload`` (model loading and hot reload), ``kafka_io`` (thin kafka-python adapters), ``idempotence``
-(outputs a crashed predecessor already wrote), ``health`` (broker connection watch), ``scorer`` (the
-consumer-group member), ``serve`` (the command), ``broker`` and ``replay``.
+(outputs a crashed predecessor already wrote), ``health`` (broker connection watch), ``bulk_send``
+(per-partition record appends), ``scorer`` (the consumer-group member: lifecycle and run loop) with its
+parts ``connection`` (topics, clients, transactional id), ``assignment`` (rebalances, state restore),
+``batch_features``, ``batch_output`` (decisions/alerts/DLQ/changelog sends, commit), ``flow`` (batch
+size, pausing), ``partition_state`` and ``reporting`` (summary, per-batch metrics), ``serve`` (the
+command), ``broker`` and ``replay``.
 """
 
 from __future__ import annotations
