@@ -235,7 +235,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         ),  # fmt: skip
         ("commit/transaction failures", f"{failures:.0f}", ""),
     ]
-    lines = ["| soak | value | verdict / note |", "| --- | --- | --- |"]
+    lines = ["## Soak (issue 7)", "", "| soak | value | verdict / note |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += [
         "",
@@ -243,23 +243,10 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         f"fed by a paced producer thread at {fraction:g} x the scorer's measured maximum rate; 20 000 customers, "
         "5 000 terminals, event time 8 days per minute (in 10 minutes the 30-day windows and the terminal ring turn over twice); samples every "
         f"{sample_s:g} s. The producer shares the 2 cores with the scorer and the broker.",
+        "",
+        "Reproduce: `make soak` (= `.venv/bin/python benchmarks/bench_soak.py`).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(markdown: str, name: str = "bench_soak") -> None:
-    """Replace (or append) this section of benchmarks/RESULTS.md, keeping every other section."""
-    results = HERE / "RESULTS.md"
-    mark = f"<!-- section: {name} -->\n"
-    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
-    if mark in text:
-        head, _, rest = text.partition(mark)
-        nxt = rest.find("<!-- section: ")
-        tail = rest[nxt:] if nxt >= 0 else ""
-        text = head + mark + markdown.rstrip() + "\n\n" + tail
-    else:
-        text = text.rstrip() + "\n\n" + mark + markdown.rstrip() + "\n"
-    results.write_text(text)
 
 
 def run(workdir: Path) -> str:
@@ -277,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     markdown = measure(args.minutes, args.fraction, args.sample_seconds)
     print(markdown)
     if not args.no_write:
-        write_section(markdown)
+        from run import write_section
+
+        write_section("bench_soak", markdown)
     return 0 if "**FAILED**" not in markdown else 1
 
 

@@ -27,6 +27,7 @@ SECTIONS = [
     "bench_retrain",
     "bench_reliability",
 ]
+EXTRA = ["bench_soak"]  # `make soak` (ten minutes): kept in RESULTS.md, never run by `make bench`
 MARK = "<!-- section: {} -->"
 
 
@@ -57,6 +58,13 @@ def main() -> int:
     return 0
 
 
+def write_section(name: str, markdown: str) -> None:
+    """Replace one section of RESULTS.md, keeping every other."""
+    results = _existing_sections()
+    results[name] = markdown.rstrip() + "\n\n"
+    _write(results)
+
+
 def _write(results: dict[str, str]) -> None:
     head = (
         "# Benchmark results\n\n"
@@ -64,7 +72,7 @@ def _write(results: dict[str, str]) -> None:
         f"Python {platform.python_version()}). Reproduce one section with "
         "`.venv/bin/python benchmarks/run.py --only SECTION`.\n\n"
     )
-    body = "".join(MARK.format(name) + "\n" + results[name] for name in SECTIONS if name in results)
+    body = "".join(MARK.format(name) + "\n" + results[name] for name in SECTIONS + EXTRA if name in results)
     RESULTS.write_text(head + body)
 
 
