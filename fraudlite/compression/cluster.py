@@ -34,6 +34,7 @@ from fraudlite.compression.finetune import (
     training_model,
 )
 from fraudlite.compression.kmeans import INITS, check_k, compute_codebook
+from fraudlite.compression.standardization import center_standardization, pow2_standardization
 from fraudlite.compression.state import Codebook, CompressedMLP, StageData, stage_record
 from fraudlite.errors import ConfigError
 
@@ -49,6 +50,7 @@ __all__ = [
     "cluster_sensitivity",
     "choose_per_layer_k",
     "pow2_standardization",
+    "center_standardization",
     "cluster_stage",
 ]
 
@@ -75,8 +77,15 @@ class ClusterConfig:
         train_biases: fine-tune biases together with the centroids.
         half_precision: round centroids, biases and stats to float16-representable values.
         pow2_stats: reparametrize the stats to mean 0 and power-of-two std before clustering.
+        ste_epochs: epochs of clustering-aware training before the final assignment
+            (:mod:`fraudlite.compression.cluster_ste`; 0 = plain k-means).
+        ste_refit_steps: optimizer steps between centroid re-fits during that training.
+        center_stats: fold the mean into the first bias (mean 0, weights unchanged) when ``pow2_stats``
+            is off.
         lr, weight_decay, batch_size, patience, dropout, seed: fine-tuning settings.
-        kd_alpha, kd_temperature: knowledge distillation from the unclustered model while fine-tuning.
+        kd_alpha, kd_temperature, kd_teacher: knowledge distillation while fine-tuning, from the
+            unclustered input (``kd_teacher = "input"``) or the model compression started from (``"source"``).
+        early_stopping: keep the best validation epoch of the fine-tuning, or (False) the last one.
     """
 
     k: int = 16
@@ -89,13 +98,18 @@ class ClusterConfig:
     train_biases: bool = True
     half_precision: bool = True
     pow2_stats: bool = True
+    center_stats: bool = True
+    ste_epochs: int = 0
+    ste_refit_steps: int = 20
     lr: float = 3e-4
     weight_decay: float = 0.0
     batch_size: int = 1024
     patience: int = 2
+    early_stopping: bool = True
     dropout: float = 0.0
     kd_alpha: float = 0.5
     kd_temperature: float = 2.0
+    kd_teacher: str = "input"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -123,6 +137,8 @@ class ClusterConfig:
             raise ConfigError(f"weighting must be one of {', '.join(_WEIGHTINGS)}, got {self.weighting!r}")
         if int(self.max_iter) < 1:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
+        if int(self.ste_epochs) < 0 or int(self.ste_refit_steps) < 1:
+            raise ConfigError("ste_epochs must be >= 0 and ste_refit_steps >= 1")
         if int(self.finetune_epochs) < 0:
             raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         check_training(self)
@@ -305,13 +321,15 @@ def finetune_centroids(
             w = np.where(out.masks[i], w, np.float32(0))
         layers.append((w, b))
     out.layers = layers
-    return apply_clustering(out, _sorted(codebooks))
+    return apply_clustering(out, _sorted(codebooks, out.masks))
 
 
-def _sorted(codebooks: list[Codebook | None]) -> list[Codebook | None]:
+def _sorted(
+    codebooks: list[Codebook | None], masks: list[np.ndarray | None] | None = None
+) -> list[Codebook | None]:
     """Keep centroids ascending after training (remap indices; pruned entries keep index 0)."""
     out: list[Codebook | None] = []
-    for cb in codebooks:
+    for cb, mask in zip(codebooks, masks or [None] * len(codebooks), strict=True):
         if cb is None:
             out.append(None)
             continue
@@ -319,7 +337,10 @@ def _sorted(codebooks: list[Codebook | None]) -> list[Codebook | None]:
         order = np.argsort(c, kind="stable")
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
-        out.append((c[order].copy(), rank[idx.astype(np.intp)].astype(np.uint8)))
+        new = rank[idx.astype(np.intp)].astype(np.uint8)
+        if mask is not None:
+            new[~mask] = 0
+        out.append((c[order].copy(), new))
     return out
 
 
@@ -385,32 +406,6 @@ def choose_per_layer_k(table: list[dict], max_drop: float) -> dict[int, int]:
     return out
 
 
-def pow2_standardization(state: CompressedMLP) -> CompressedMLP:
-    """The same function with ``mean = 0`` and ``std`` rounded to powers of two (in log space), the
-    difference folded into layer 0: ``W0[:, i] *= std'_i / std_i``, ``b0 -= W0 @ (mean / std)``.
-
-    Exact in real arithmetic (float32 rounding aside); pruned entries stay exactly 0.
-
-    Raises:
-        ConfigError: when layer 0 is already clustered (the column scaling would break its codebook).
-    """
-    if state.codebooks[0] is not None:
-        raise ConfigError("pow2_standardization must run before layer 0 is clustered")
-    out = state.copy()
-    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1)).astype(np.float64)
-    new_std = np.exp2(np.round(np.log2(std)))
-    w0, b0 = (a.astype(np.float64) for a in state.layers[0])
-    b_new = b0 - w0 @ (state.mean.astype(np.float64) / std)
-    w_new = (w0 * (new_std / std)[None, :]).astype(np.float32)
-    if state.masks[0] is not None:
-        w_new = np.where(state.masks[0], w_new, np.float32(0))
-    out.layers[0] = (w_new, b_new.astype(np.float32))
-    out.mean = np.zeros_like(state.mean)
-    out.std = new_std.astype(np.float32)
-    out.validate()
-    return out
-
-
 def cluster_stage(
     state: CompressedMLP,
     data: StageData,
@@ -426,7 +421,11 @@ def cluster_stage(
     if state.quant is not None:
         raise ConfigError("weight sharing must run before quantization; reorder the stages")
     ap_before = ap_of(state, data.X_valid, data.y_valid)
-    source = pow2_standardization(state) if config.pow2_stats and state.codebooks[0] is None else state
+    source = state
+    if config.pow2_stats and state.codebooks[0] is None:
+        source = pow2_standardization(state)
+    elif config.center_stats:
+        source = center_standardization(state)
     chosen = None
     if config.auto_k_max_drop is not None:
         table = cluster_sensitivity(source, data.X_valid, data.y_valid, _AUTO_KS, config.init)
@@ -437,9 +436,16 @@ def cluster_stage(
         if config.weighting == "fisher"
         else None
     )
-    clustered = apply_clustering(source, compute_codebooks(source, config, importance))
+    if int(config.ste_epochs) > 0:
+        from fraudlite.compression.cluster_ste import apply_ste_training
+
+        teacher = frozen_teacher(state, config, data)
+        source, codebooks = apply_ste_training(source, data, config, progress, teacher)
+        clustered = apply_clustering(source, codebooks)
+    else:
+        clustered = apply_clustering(source, compute_codebooks(source, config, importance))
     ap_kmeans = ap_of(clustered, data.X_valid, data.y_valid)
-    tuned = finetune_centroids(clustered, data, config, progress, teacher=frozen_teacher(state, config))
+    tuned = finetune_centroids(clustered, data, config, progress, teacher=frozen_teacher(state, config, data))
     ap_tuned = ap_of(tuned, data.X_valid, data.y_valid)
     if ap_tuned < ap_kmeans:  # early stopping keeps the best epoch, but never worse than plain k-means
         tuned = clustered

@@ -50,6 +50,8 @@ class DistillConfig:
         init: ``"auto"``, ``"random"`` or ``"teacher"`` (see module docs).
         calibration_rows: rows for the activation statistics of ``init="teacher"``.
         lr, weight_decay, batch_size, patience, dropout, seed: training settings.
+        early_stopping: keep the best validation epoch (True) or train all ``epochs`` on the cosine
+            schedule and keep the last weights (False: validation AP then stays unbiased for the search).
     """
 
     hidden: tuple[int, ...] = (32, 16)
@@ -63,6 +65,7 @@ class DistillConfig:
     weight_decay: float = 1e-5
     batch_size: int = 1024
     patience: int = 5
+    early_stopping: bool = True
     dropout: float = 0.0
     seed: int = 0
 
@@ -205,9 +208,9 @@ def distill(
     pos_weight = default_pos_weight(y)
     student, _ = _student(teacher_state, data, config, pos_weight)
     loss_fn = distillation_loss(_teacher_module(teacher), config, pos_weight)
-    run_training(
-        student, loss_fn, X, y, X_valid, y_valid, mlp_config(config, config.epochs), progress=progress
-    )
+    stop = config.early_stopping
+    run_training(student, loss_fn, X, y, X_valid if stop else None, y_valid if stop else None,
+                 mlp_config(config, config.epochs), progress=progress)  # fmt: skip
     return student.eval()
 
 

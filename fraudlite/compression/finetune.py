@@ -41,12 +41,16 @@ def check_training(cfg: object) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not isinstance(getattr(cfg, "early_stopping", True), bool):
+        raise ConfigError(f"early_stopping must be true or false, got {cfg.early_stopping!r}")
     if int(cfg.patience) < 1:
         raise ConfigError(f"patience must be >= 1, got {cfg.patience}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if int(cfg.seed) < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    if getattr(cfg, "kd_teacher", "input") not in ("input", "source"):
+        raise ConfigError(f"kd_teacher must be 'input' or 'source', got {cfg.kd_teacher!r}")
     if not 0.0 <= getattr(cfg, "kd_alpha", 0.0) <= 1.0:
         raise ConfigError(f"kd_alpha must be in [0, 1], got {cfg.kd_alpha}")
     if not (math.isfinite(getattr(cfg, "kd_temperature", 1.0)) and getattr(cfg, "kd_temperature", 1.0) > 0):
@@ -127,6 +131,7 @@ def train(
 
     if int(epochs) < 1:
         return []
+    early_stopping = early_stopping and bool(getattr(cfg, "early_stopping", True))
     if teacher is not None and cfg.kd_alpha > 0:
         from fraudlite.compression.distill import DistillConfig, distillation_loss
         from fraudlite.models import default_pos_weight
@@ -150,11 +155,14 @@ def train(
     )
 
 
-def frozen_teacher(state: CompressedMLP, cfg: object):
-    """The input model as a frozen teacher when ``cfg.kd_alpha > 0``, else None."""
+def frozen_teacher(state: CompressedMLP, cfg: object, data: StageData | None = None):
+    """A frozen teacher when ``cfg.kd_alpha > 0``, else None: the stage's input model, or with
+    ``cfg.kd_teacher == "source"`` the model compression started from (``data.teacher``) when known."""
     if cfg.kd_alpha <= 0:
         return None
-    teacher = state.to_model()
+    source = data.teacher if data is not None else None
+    chosen = source if getattr(cfg, "kd_teacher", "input") == "source" and source is not None else state
+    teacher = chosen.to_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

@@ -150,7 +150,8 @@ def compress_model_dir(
     train_mask, valid_mask = _windows(md, df)
     y = df["label"].to_numpy().astype(np.float32)
     train_idx = _sample(np.flatnonzero(train_mask), int(recipe.data.max_train_rows), int(recipe.data.seed))
-    data = StageData(X[train_idx], y[train_idx], X[valid_mask], y[valid_mask])
+    source_state = CompressedMLP.from_model(load_mlp(md.file("weights")))
+    data = StageData(X[train_idx], y[train_idx], X[valid_mask], y[valid_mask], teacher=source_state)
 
     def metrics_of(scores_valid: np.ndarray) -> dict:
         full = np.zeros(len(df), dtype=np.float32)
@@ -160,7 +161,6 @@ def compress_model_dir(
     source_scores = OnnxScorer(md.onnx_path).score(data.X_valid)
     source_metrics = metrics_of(source_scores)
     source_ap = float(source_metrics["average_precision"])
-    source_state = CompressedMLP.from_model(load_mlp(md.file("weights")))
     say(
         f"compress: source {md.version} valid AP={source_ap:.4f} params={source_state.n_params():,} "
         f"onnx={md.bytes_by_role()['onnx']:,} B; budget: AP >= {source_ap - max_ap_drop:.4f}; "

@@ -77,8 +77,11 @@ class PruneConfig:
         per_layer: ``{layer index: sparsity}`` pruned layer by layer (e.g. from
             :func:`choose_per_layer_sparsity`); the other layers share one global threshold.
         lr, weight_decay, batch_size, patience, dropout, seed: fine-tuning settings.
-        kd_alpha, kd_temperature: fine-tune with knowledge distillation from the unpruned model
-            (weight of the soft term; 0 = labels only), see :mod:`fraudlite.compression.distill`.
+        kd_alpha, kd_temperature, kd_teacher: fine-tune with knowledge distillation (weight of the soft
+            term, 0 = labels only; see :mod:`fraudlite.compression.distill`) from the unpruned input
+            (``kd_teacher = "input"``) or from the model compression started from (``"source"``).
+        early_stopping: keep the epoch with the best validation AP (True) or train the whole schedule
+            and keep the last weights (False: validation then stays an unbiased check for the search).
         remove_dead_units: drop hidden units left without inputs or outputs (exact).
     """
 
@@ -94,9 +97,11 @@ class PruneConfig:
     weight_decay: float = 0.0
     batch_size: int = 1024
     patience: int = 3
+    early_stopping: bool = True
     dropout: float = 0.0
     kd_alpha: float = 0.5
     kd_temperature: float = 2.0
+    kd_teacher: str = "input"
     remove_dead_units: bool = True
     seed: int = 0
 
@@ -305,7 +310,7 @@ def prune_stage(
     ap_before = ap_of(state, data.X_valid, data.y_valid)
     masks = prune_gradual(model, data.X_train, data.y_train, data.X_valid, data.y_valid, config,
                           masks=list(state.masks), progress=progress,
-                          teacher=frozen_teacher(state, config))  # fmt: skip
+                          teacher=frozen_teacher(state, config, data))  # fmt: skip
     masks = [None if m.all() else m for m in masks]
     out = CompressedMLP.from_model(model, masks=masks, stages=state.stages)
     if config.remove_dead_units:

@@ -304,7 +304,7 @@ def _finalize(
             scales.append(scale)
     out.layers = layers
     if any(cb is not None for cb in codebooks):
-        out = apply_clustering(out, _merge_duplicates(_sorted(codebooks)))
+        out = apply_clustering(out, _merge_duplicates(_sorted(codebooks, out.masks)))
     return out, scales
 
 

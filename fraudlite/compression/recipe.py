@@ -74,32 +74,49 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 
 DEFAULT_RECIPE_TOML = """\
 # fraudlite built-in compression recipe
-# distill -> prune -> share weights (k-means) -> entropy-coded compact artifact + fp32 runnable ONNX.
-# Candidates are tried smallest model first; the first within --max-ap-drop wins. An optional stage
-# with no candidate within the budget is skipped (and reported), a required one stops the run.
+# distill -> prune -> share weights (clustering-aware training + k-means) -> entropy-coded compact artifact
+# + fp32 runnable ONNX. Candidates are tried smallest model first; the first within its share of
+# --max-ap-drop wins. An optional stage with no candidate within the budget is skipped (and reported), a
+# required one stops the run.
+# Every stage trains a fixed schedule and keeps its last weights (early_stopping = false): the validation
+# window then only judges candidates. Measured: picking the best of ~30 noisy epochs on the same window
+# the budget is checked on made validation AP look ~0.005 better than it generalised (test drop 0.011
+# for a validation drop of 0.005).
 
 [[stage]]
 name = "distill"
 optional = true
-hidden = [16, 8]
+hidden = [24, 12]
+init = "auto"  # start from the teacher structurally pruned to the student's widths
 epochs = 40
-patience = 10  # validation AP is noisy epoch to epoch: stopping after 5 flat epochs cost ~0.008 AP
+early_stopping = false
 
 [[stage]]
 name = "prune"
 optional = true
-sparsity = 0.7
+sparsity = 0.6
+kd_teacher = "source"  # distil from the original model, not from the student (no drift stage to stage)
+kd_alpha = 0.9
+kd_temperature = 1.0
+early_stopping = false
 
 [[stage]]
 name = "cluster"
 k = 16
+ste_epochs = 5  # clustering-aware training first: k-means alone lost up to ~0.13 AP before fine-tuning
+finetune_epochs = 10
+kd_teacher = "source"
+kd_alpha = 0.9
+kd_temperature = 1.0
+early_stopping = false
 pow2_stats = false  # measured: power-of-two stats folded into layer 0 cost ~0.01 AP at k = 16..32
+# center_stats (default): the mean folds into the first bias, exactly
 
 [search]
-budget = "proportional"  # stage i of n may spend (i + 1) / n of --max-ap-drop ("greedy": all of it)
-"distill.hidden" = [[8, 4], [16, 8], [24, 12], [32, 16]]
-"prune.sparsity" = [0.85, 0.7, 0.6, 0.5, 0.4, 0.3]
-"cluster.k" = [8, 16, 24, 32, 64]
+budget = [0.4, 0.8, 1.0]  # cumulative share of --max-ap-drop per stage (distillation is nearly free)
+"distill.hidden" = [[24, 12], [32, 16]]
+"prune.sparsity" = [0.6, 0.55, 0.5, 0.45, 0.4]
+"cluster.k" = [16, 24, 32]
 
 [export]
 precision = "auto"
@@ -208,15 +225,22 @@ class Recipe:
     export: ExportSettings = field(default_factory=ExportSettings)
     data: DataSettings = field(default_factory=DataSettings)
     source: str = "built-in"
-    budget: str = "proportional"
+    budget: str | tuple[float, ...] = "proportional"
+    reserve: float = 0.0
 
     def stage_budget(self, index: int, max_ap_drop: float) -> float:
         """The cumulative AP drop stage ``index`` may reach: ``greedy`` = the whole budget at every stage
         (the first stages may spend it all); ``proportional`` (default) = ``(index + 1) / n`` of it, so
-        later stages keep room (the last stage always gets the whole budget)."""
+        later stages keep room (the last stage always gets the whole budget). ``reserve`` (a fraction
+        in [0, 1)) is kept back from every stage: a safety margin for the noise of validation AP, so
+        the chosen model does not sit exactly at the limit on the window it was chosen on. A list
+        of cumulative fractions (one per stage) sets each stage's share explicitly."""
+        usable = max_ap_drop * (1.0 - self.reserve)
+        if isinstance(self.budget, tuple):
+            return usable * self.budget[index]
         if self.budget == "greedy":
-            return max_ap_drop
-        return max_ap_drop * (index + 1) / len(self.stages)
+            return usable
+        return usable * (index + 1) / len(self.stages)
 
     def candidates(self, index: int) -> list[dict[str, Any]]:
         """Setting overrides to try for stage ``index``, most aggressive first; ``[{}]`` when the stage
@@ -241,7 +265,11 @@ class Recipe:
                 {"name": s.name, **({"optional": True} if s.optional else {}), **s.settings}
                 for s in self.stages
             ],
-            "search": {"budget": self.budget, **copy.deepcopy(self.search)},
+            "search": {
+                "budget": list(self.budget) if isinstance(self.budget, tuple) else self.budget,
+                **({"reserve": self.reserve} if self.reserve else {}),
+                **copy.deepcopy(self.search),
+            },
             "export": dataclasses.asdict(self.export),
             "data": dataclasses.asdict(self.data),
         }
@@ -304,6 +332,32 @@ def _section(raw: dict, name: str, cls: type) -> Any:
         raise ConfigError(f"recipe [{name}]: {exc}") from exc
 
 
+def _budget(value: Any, n_stages: int, source: str) -> str | tuple[float, ...]:
+    """``"proportional"``, ``"greedy"`` or one cumulative fraction of the budget per stage."""
+    if isinstance(value, list):
+        try:
+            shares = tuple(float(v) for v in value if not isinstance(v, bool))
+        except (TypeError, ValueError):
+            shares = ()
+        ok = (
+            len(shares) == len(value) == n_stages
+            and all(0.0 < v <= 1.0 for v in shares)
+            and all(a <= b for a, b in zip(shares, shares[1:], strict=False))
+        )
+        if not ok:
+            raise ConfigError(
+                f"{source}: [search] budget as a list needs one non-decreasing fraction in (0, 1] per stage "
+                f"({n_stages}), got {value!r}"
+            )
+        return shares
+    if value not in BUDGETS:
+        raise ConfigError(
+            f"{source}: [search] budget must be one of {', '.join(BUDGETS)} or a list of per-stage fractions, "
+            f"got {value!r}"
+        )
+    return value
+
+
 def parse_recipe(text: str, source: str = "<recipe>", check_stages: bool = True) -> Recipe:
     """Parse and validate recipe TOML.
 
@@ -345,9 +399,10 @@ def parse_recipe(text: str, source: str = "<recipe>", check_stages: bool = True)
     search = dict(raw.get("search", {})) if isinstance(raw.get("search", {}), dict) else None
     if search is None:
         raise ConfigError(f'{source}: [search] must be a table of "stage.setting" = [candidates]')
-    budget = search.pop("budget", "proportional")
-    if budget not in BUDGETS:
-        raise ConfigError(f"{source}: [search] budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    budget = _budget(search.pop("budget", "proportional"), len(stages), source)
+    reserve = search.pop("reserve", 0.0)
+    if isinstance(reserve, bool) or not isinstance(reserve, int | float) or not 0.0 <= reserve < 1.0:
+        raise ConfigError(f"{source}: [search] reserve must be a fraction in [0, 1), got {reserve!r}")
     names = [s.name for s in stages]
     for key, values in search.items():
         stage, dot, setting = key.partition(".")
@@ -365,6 +420,7 @@ def parse_recipe(text: str, source: str = "<recipe>", check_stages: bool = True)
         _section(raw, "data", DataSettings),
         source,
         budget,
+        float(reserve),
     )
     if check_stages:
         for i, stage in enumerate(recipe.stages):

@@ -432,6 +432,7 @@ class StageData:
     y_train: np.ndarray
     X_valid: np.ndarray
     y_valid: np.ndarray
+    teacher: CompressedMLP | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("X_train", "X_valid"):

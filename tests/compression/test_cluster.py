@@ -170,3 +170,47 @@ def test_cluster_sensitivity_and_automatic_k(base_state, stage_data):
     assert [len(cb[0]) <= chosen[str(i)] for i, cb in enumerate(out.codebooks)] == [True] * 3
     with pytest.raises(ConfigError):
         ClusterConfig(auto_k_max_drop=2.0)
+
+
+def test_center_standardization_is_exact_and_keeps_weights(make_state, stage_data):
+    from fraudlite.compression.cluster import center_standardization
+
+    state = make_state(sparsity=0.5)
+    out = center_standardization(state)
+    assert np.all(out.mean == 0) and np.array_equal(out.std, state.std)
+    for (wa, _), (wb, _) in zip(out.layers, state.layers, strict=True):
+        assert np.array_equal(wa, wb)
+    X = stage_data.X_valid[:2000] / 50
+    np.testing.assert_allclose(out.logits(X), state.logits(X), rtol=1e-4, atol=1e-4)
+    assert center_standardization(out) is out
+
+
+def test_sorted_codebooks_keep_pruned_indices_zero():
+    from fraudlite.compression.cluster import _sorted
+
+    idx = np.array([[0, 1, 2], [2, 0, 1]], np.uint8)
+    mask = np.array([[False, True, True], [True, True, True]])
+    (c, new), none = _sorted([(np.array([0.5, -1.0, 2.0], np.float32), idx), None], [mask, None])
+    assert none is None and np.array_equal(c, [-1.0, 0.5, 2.0])
+    assert new[0, 0] == 0  # pruned: index 0 whatever the centroid order
+    np.testing.assert_array_equal(np.where(mask, c[new], 0), np.where(mask, [[0, -1, 2], [2, 0.5, -1]], 0))
+
+
+def test_clustering_aware_training_keeps_sparsity_and_trains_onto_the_codebook(make_state, stage_data):
+    from fraudlite.compression.cluster_ste import apply_ste_training, compute_ste_centroids
+
+    c = compute_ste_centroids(np.array([0.0, 0.1, 0.9, 1.0, 5.0]), None, np.array([0.0, 1.0, 4.0]), 3)
+    np.testing.assert_allclose(c, [0.05, 0.95, 5.0], rtol=1e-6)
+    state = make_state(sparsity=0.5)
+    config = ClusterConfig(k=8, ste_epochs=1, ste_refit_steps=5, lr=1e-3, batch_size=1024)
+    out, codebooks = apply_ste_training(state, stage_data, config)
+    again, _ = apply_ste_training(state, stage_data, config)
+    assert out.equals(again)  # deterministic under the seed
+    clustered = apply_clustering(out, codebooks)
+    clustered.validate()
+    assert clustered.sparsity() == state.sparsity() and all(len(cb[0]) <= 8 for cb in codebooks)
+    stage = cluster_stage(
+        state, stage_data, ClusterConfig(k=8, ste_epochs=1, finetune_epochs=1, batch_size=1024)
+    )
+    stage.validate()
+    assert stage.sparsity() == state.sparsity() and all(0 < b <= 3 for b in stage.cluster_bits())

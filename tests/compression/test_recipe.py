@@ -107,3 +107,19 @@ def test_budget_schedule() -> None:
     assert greedy.to_dict()["search"] == {"budget": "greedy"}
     with pytest.raises(ConfigError, match="budget must be one of"):
         parse_recipe(text + '[search]\nbudget = "lavish"\n')
+
+
+def test_budget_shares_and_reserve() -> None:
+    text = '[[stage]]\nname = "prune"\n[[stage]]\nname = "cluster"\n'
+    shares = parse_recipe(text + "[search]\nbudget = [0.5, 1.0]\nreserve = 0.2\n")
+    assert shares.budget == (0.5, 1.0) and shares.reserve == 0.2
+    assert [round(shares.stage_budget(i, 0.005), 6) for i in range(2)] == [0.002, 0.004]
+    assert shares.to_dict()["search"] == {"budget": [0.5, 1.0], "reserve": 0.2}
+    reserved = parse_recipe(text + '[search]\nbudget = "greedy"\nreserve = 0.5\n')
+    assert reserved.stage_budget(0, 0.006) == pytest.approx(0.003)
+    for bad in ("[0.5]", "[0.8, 0.5]", "[0.0, 1.0]", '["a", 1.0]', "[0.5, 1.5]"):
+        with pytest.raises(ConfigError, match="one non-decreasing fraction"):
+            parse_recipe(text + f"[search]\nbudget = {bad}\n")
+    for bad in ("1.0", "-0.1", "true", '"half"'):
+        with pytest.raises(ConfigError, match="reserve must be a fraction"):
+            parse_recipe(text + f"[search]\nreserve = {bad}\n")
