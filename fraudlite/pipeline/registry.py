@@ -14,27 +14,50 @@ the champion pointer by one ``os.replace``, so a reader sees the old champion or
 of either. Writers serialize on ``DIR/.lock``; ``set_champion(..., expected=...)`` is a compare-and-set so
 two retrain runs that evaluated against the same champion cannot both replace it.
 
-This module imports neither torch nor pandas (the serving process uses it).
+The files and the lock are in ``registry_files``, the reading of the history in ``registry_history``,
+re-hashing a version in ``registry_verify``; this module ties them into ``Registry`` and keeps every
+name importable from here. It imports neither torch nor pandas (the serving process uses it).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
-import re
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fraudlite.errors import IntegrityError, ModelDirError, UserError
-from fraudlite.modeldir import MANIFEST, SIGNING_KEY_ENV, ModelDir, sha256_file, verify_files, write_model_dir
+from fraudlite.errors import IntegrityError, ModelDirError
+from fraudlite.modeldir import MANIFEST, ModelDir, sha256_file, verify_files, write_model_dir
+from fraudlite.pipeline.registry_files import (
+    CHAMPION_FILE,
+    HISTORY_FILE,
+    LOCK_FILE,
+    REGISTERED_FILE,
+    VERSION_NAME,
+    VERSIONS_DIR,
+    ChampionChangedError,
+    RegistryBusyError,
+    RegistryError,
+    UnknownVersionError,
+    append_jsonl,
+    file_lock,
+    now_iso,
+    read_champion,
+    read_jsonl,
+    validate_version_name,
+    write_champion,
+)
+from fraudlite.pipeline.registry_history import (
+    became_champion_at,
+    headline,
+    previous_champion,
+    version_status,
+)
+from fraudlite.pipeline.registry_verify import verify_version
 
 __all__ = [
     "Registry",
@@ -50,91 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-VERSIONS_DIR = "versions"
-CHAMPION_FILE = "champion"
-HISTORY_FILE = "history.jsonl"
-REGISTERED_FILE = "registered.jsonl"
-LOCK_FILE = ".lock"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-class RegistryError(UserError):
-    """A registry operation the user asked for cannot be done (no registry, nothing to roll back...)."""
-
-
-class UnknownVersionError(RegistryError, LookupError):
-    """A version name that is not in the registry."""
-
-
-class RegistryBusyError(RegistryError, RuntimeError):
-    """Another process holds the lock (a running retrain, a collector...)."""
-
-
-class ChampionChangedError(RegistryError, RuntimeError):
-    """The champion changed between a decision and its write (compare-and-set failed)."""
-
-
-def validate_version_name(version: str) -> str:
-    """A version name is one safe path component: letters, digits, ``._-``, not starting with a dot."""
-    if not isinstance(version, str) or not _NAME.fullmatch(version):
-        raise RegistryError(
-            f"invalid version name {version!r}: use letters, digits, '.', '_' or '-' (not starting with '.')"
-        )
-    return version
-
-
-def read_champion(root: str | os.PathLike) -> str | None:
-    """The champion's version name, or None when there is none yet (lock-free, cheap)."""
-    try:
-        text = (Path(root) / CHAMPION_FILE).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return text or None
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def file_lock(path: Path, *, blocking: bool = True, what: str = "registry") -> Iterator[None]:
-    """Exclusive ``fcntl.flock`` on ``path`` (created if missing); the holder's pid is written into it.
-
-    Raises:
-        RegistryBusyError: ``blocking=False`` and another open file description holds the lock.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            try:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            except OSError:
-                holder = ""
-            raise RegistryBusyError(
-                f"{path}: {what} is locked by another process{f' (pid {holder})' if holder else ''}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class Registry:
@@ -165,7 +103,7 @@ class Registry:
 
     def version_names(self) -> list[str]:
         """Every version in the registry, oldest first (names sort by creation time)."""
-        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_NAME.fullmatch(p.name)]
         return sorted(names, key=lambda n: (self._created(n), n))
 
     def _created(self, version: str) -> str:
@@ -204,22 +142,16 @@ class Registry:
 
     def history(self) -> list[dict]:
         """Every decision recorded, oldest first (a torn last line from a crash is skipped)."""
-        return _read_jsonl(self.root / HISTORY_FILE)
+        return read_jsonl(self.root / HISTORY_FILE)
 
     def champion_since(self) -> float | None:
         """Epoch seconds at which the current champion became champion (history, else the pointer's mtime)."""
         champion = self.champion()
         if champion is None:
             return None
-        for entry in reversed(self.history()):
-            if entry.get("decision") not in ("promoted", "rollback"):
-                continue
-            if entry.get("new_champion") == champion:
-                try:
-                    return datetime.fromisoformat(entry["time"]).timestamp()
-                except (KeyError, TypeError, ValueError):
-                    pass
-            break
+        since = became_champion_at(self.history(), champion)
+        if since is not None:
+            return since
         try:
             return (self.root / CHAMPION_FILE).stat().st_mtime
         except FileNotFoundError:
@@ -230,18 +162,7 @@ class Registry:
         champion = self.champion() if champion is None else champion
         if version == champion:
             return "champion"
-        history = self.history() if history is None else history
-        status = "registered"
-        for entry in history:
-            if entry.get("new_champion") == version:
-                status = "retired"
-            elif (
-                entry.get("challenger") == version
-                and entry.get("decision") == "rejected"
-                and status != "retired"
-            ):
-                status = "rejected"
-        return status
+        return version_status(version, self.history() if history is None else history, champion)
 
     def describe(self, version: str, history: list[dict] | None = None, champion: str | None = None) -> dict:
         """A summary of one version (no re-hashing): window, metrics, lineage, status."""
@@ -260,8 +181,8 @@ class Registry:
             "data_window": m.get("data_window"),
             "threshold": m.get("threshold"),
             "metrics": {
-                "validation": _headline(metrics.get("validation")),
-                "recent_window": _headline(metrics.get("recent_window")),
+                "validation": headline(metrics.get("validation")),
+                "recent_window": headline(metrics.get("recent_window")),
             },
             "compression": m.get("compression"),
             "bytes": md.bytes_by_role(),
@@ -283,11 +204,11 @@ class Registry:
         """
         versions = [version] if version is not None else self.version_names()
         registered = {
-            e.get("version"): e.get("manifest_sha256") for e in _read_jsonl(self.root / REGISTERED_FILE)
+            e.get("version"): e.get("manifest_sha256") for e in read_jsonl(self.root / REGISTERED_FILE)
         }
         report: dict[str, list[str]] = {}
         for v in versions:
-            report[v] = self._verify_one(self.path(v), registered.get(v))
+            report[v] = verify_version(self.path(v), registered.get(v))
         if version is None:
             champion = self.champion()
             if champion is not None and champion not in report:
@@ -295,40 +216,6 @@ class Registry:
                     f"{self.root / CHAMPION_FILE}: points to version {champion!r}, which does not exist"
                 )
         return report
-
-    @staticmethod
-    def _verify_one(path: Path, manifest_sha256: str | None) -> list[str]:
-        problems: list[str] = []
-        manifest_path = path / MANIFEST
-        try:
-            manifest = ModelDir.load(path, verify=False).manifest
-        except ModelDirError as e:
-            return [str(e)]
-        if manifest_sha256 is not None and sha256_file(manifest_path) != manifest_sha256:
-            problems.append(f"{manifest_path}: sha256 does not match the one registered (manifest changed)")
-        files = manifest.get("files") or {}
-        for name, entry in files.items():
-            p = path / name
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                problems.append(f"{manifest_path}: file entry {name!r} points outside the version directory")
-            elif not p.is_file():
-                problems.append(f"{p}: missing (listed in {MANIFEST})")
-            elif p.stat().st_size != entry.get("bytes"):
-                problems.append(
-                    f"{p}: {p.stat().st_size} bytes, manifest says {entry.get('bytes')} (file changed or truncated)"
-                )
-            elif sha256_file(p) != entry.get("sha256"):
-                problems.append(f"{p}: sha256 does not match {MANIFEST} (file changed or tampered)")
-        for p in sorted(path.rglob("*")):
-            rel = p.relative_to(path).as_posix()
-            if p.is_file() and rel != MANIFEST and rel not in files:
-                problems.append(f"{p}: not listed in {MANIFEST} (unexpected file)")
-        if not problems and os.environ.get(SIGNING_KEY_ENV):
-            try:
-                verify_files(path, manifest)
-            except IntegrityError as e:
-                problems.append(str(e))
-        return problems
 
     # --- writes (under the lock) ----------------------------------------------------------------------
 
@@ -370,7 +257,7 @@ class Registry:
             verify_files(src.path, src.manifest)
         manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "format", "signature")}
         manifest.update(manifest_updates or {})
-        manifest["registered"] = _now_iso()
+        manifest["registered"] = now_iso()
         version = validate_version_name(str(manifest["version"]))
         roles = {name: entry["role"] for name, entry in src.manifest["files"].items()}
 
@@ -392,7 +279,7 @@ class Registry:
             for p in md.path.rglob("*"):
                 if p.is_file():
                     p.chmod(0o444)
-            _append_jsonl(
+            append_jsonl(
                 self.root / REGISTERED_FILE,
                 {
                     "time": manifest["registered"],
@@ -415,7 +302,7 @@ class Registry:
         """
         with self.lock():
             if verify:
-                problems = self._verify_one(self.path(version), self._registered_sha(version))
+                problems = verify_version(self.path(version), self._registered_sha(version))
                 if problems:
                     raise IntegrityError(f"refusing version {version!r}: " + "; ".join(problems))
             else:
@@ -425,34 +312,20 @@ class Registry:
                 raise ChampionChangedError(
                     f"{self.root}: the champion changed from {expected!r} to {previous!r} meanwhile"
                 )
-            self._write_pointer(version)
+            write_champion(self.root, version)
         return previous
 
     def _registered_sha(self, version: str) -> str | None:
-        for entry in reversed(_read_jsonl(self.root / REGISTERED_FILE)):
+        for entry in reversed(read_jsonl(self.root / REGISTERED_FILE)):
             if entry.get("version") == version:
                 return entry.get("manifest_sha256")
         return None
 
-    def _write_pointer(self, version: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{CHAMPION_FILE}.tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(version + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.root / CHAMPION_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
-
     def record(self, entry: dict) -> dict:
         """Append one decision to ``history.jsonl`` (``time`` added if absent); returns the entry."""
-        entry = {"time": _now_iso(), **entry}
+        entry = {"time": now_iso(), **entry}
         with self.lock():
-            _append_jsonl(self.root / HISTORY_FILE, entry)
+            append_jsonl(self.root / HISTORY_FILE, entry)
         return entry
 
     def _recorded_metrics(self, version: str | None) -> dict | None:
@@ -463,7 +336,7 @@ class Registry:
             manifest = self.load(version, verify=False).manifest
         except (RegistryError, ModelDirError):
             return None
-        return _headline((manifest.get("metrics") or {}).get("recent_window"))
+        return headline((manifest.get("metrics") or {}).get("recent_window"))
 
     def promote(self, version: str, reason: str = "manual promote", **extra) -> dict:
         """Make ``version`` the champion (verified first) and record the decision; returns the record.
@@ -505,20 +378,10 @@ class Registry:
         current = self.champion()
         if current is None:
             raise RegistryError(f"{self.root}: no champion, nothing to roll back")
-        stack: list[str] = []
-        for entry in self.history():
-            if entry.get("decision") == "promoted" and entry.get("new_champion"):
-                if not stack or stack[-1] != entry["new_champion"]:
-                    stack.append(entry["new_champion"])
-            elif entry.get("decision") == "rollback" and stack:
-                stack.pop()
-        if not stack or stack[-1] != current:
-            stack.append(current)
-        while len(stack) > 1 and stack[-2] == current:
-            stack.pop(-2)
-        if len(stack) < 2:
+        previous = previous_champion(self.history(), current)
+        if previous is None:
             raise RegistryError(f"{self.root}: champion {current!r} has no earlier champion to roll back to")
-        return current, stack[-2]
+        return current, previous
 
     def rollback(self, reason: str = "manual rollback") -> dict:
         """Make the previous champion the champion again (verified first); returns the record."""
@@ -540,42 +403,6 @@ class Registry:
             )
         logger.info("registry: rolled back from=%s to=%s", current, target)
         return entry
-
-
-def _headline(metrics: dict | None) -> dict | None:
-    if not isinstance(metrics, dict):
-        return None
-    keys = ("average_precision", "roc_auc", "card_precision_at_100", "n", "n_fraud", "start", "end")
-    return {k: metrics[k] for k in keys if k in metrics}
-
-
-def _append_jsonl(path: Path, entry: dict) -> None:
-    line = (json.dumps(entry, sort_keys=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            logger.warning("registry: %s line %d is not JSON (torn write?), skipped", path, i)
-            continue
-        if isinstance(entry, dict):
-            out.append(entry)
-    return out
 
 
 # `fraudlite registry` lives in lifecycle_commands (which imports this module); its entry point stays
