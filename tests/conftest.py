@@ -22,9 +22,10 @@ module is imported inside the fixture, so collecting tests that need no broker d
 from __future__ import annotations
 
 import itertools
-import time
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -32,6 +33,7 @@ import pytest
 if TYPE_CHECKING:
     from fraudlite.streaming.broker import EmbeddedBroker
 
+sys.path.insert(0, str(Path(__file__).parent / "streaming"))  # streaming_support: shared helpers
 _counter = itertools.count()
 
 
@@ -74,60 +76,6 @@ def make_topic(kafka_admin, request: pytest.FixtureRequest) -> Callable[..., str
     return make
 
 
-def read_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    isolation_level: str = "read_committed",
-    min_count: int = 0,
-    timeout_s: float = 20.0,
-) -> list:
-    """All records of ``topic`` from offset 0 to its current end offsets, sorted by (partition, offset).
-
-    Waits (polling end offsets) until at least ``min_count`` records were read or ``timeout_s`` passes;
-    then returns what it has (the caller asserts on the count).
-    """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level=isolation_level,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="fraudlite-tests-reader",
-        fetch_max_wait_ms=100,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = None
-        while partitions is None:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"topic {topic!r} does not exist")
-                time.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        records: list = []
-        while True:
-            for batch in consumer.poll(timeout_ms=100).values():
-                records.extend(batch)
-            if time.monotonic() > deadline:
-                break
-            if len(records) < min_count:
-                continue
-            # Under read_committed Tansu reports a bogus end offset (0) while a transaction is open, so
-            # the end offsets only decide "done" once min_count is reached.
-            ends = consumer.end_offsets(tps)
-            if all(consumer.position(tp) >= ends[tp] for tp in tps):
-                break
-        records.sort(key=lambda r: (r.partition, r.offset))
-        return records
-    finally:
-        consumer.close()
-
-
 @pytest.fixture
 def consume_all(broker: EmbeddedBroker) -> Callable[..., list]:
     """Factory: ``consume_all(topic, *, isolation_level="read_committed", min_count=0, timeout_s=20)``."""
@@ -135,6 +83,8 @@ def consume_all(broker: EmbeddedBroker) -> Callable[..., list]:
     def consume(
         topic: str, *, isolation_level: str = "read_committed", min_count: int = 0, timeout_s: float = 20.0
     ) -> list:
+        from streaming_support import read_topic
+
         return read_topic(
             broker.bootstrap, topic, isolation_level=isolation_level, min_count=min_count, timeout_s=timeout_s
         )

@@ -27,6 +27,7 @@ from streaming_support import (  # noqa: E402
     feature_stats,
     make_transactions,
     produce,
+    read_topic,
     write_model,
 )
 
@@ -102,44 +103,11 @@ def read_records(
     timeout_s: float = 30.0,
     isolation_level: str = "read_committed",
 ) -> list:
-    """Every record of ``topic`` from offset 0 to its end offsets, sorted by (partition, offset).
-
-    Waits until at least ``min_count`` records were read (or ``timeout_s``); under read_committed the
-    embedded broker reports end offset 0 while a transaction is open, so "done" is decided only then.
-    """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level=isolation_level, enable_auto_commit=False,
-        client_id="fraudlite-rel-reader", fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20,
+    """Every record of ``topic`` (``streaming_support.read_topic``), with a longer default timeout."""
+    return read_topic(
+        bootstrap, topic, min_count=min_count, timeout_s=timeout_s, isolation_level=isolation_level,
+        client_id="fraudlite-rel-reader",
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = None
-        while partitions is None:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"topic {topic!r} does not exist")
-                time.sleep(0.1)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        records: list = []
-        while True:
-            for batch in consumer.poll(timeout_ms=100, max_records=100_000).values():
-                records.extend(batch)
-            if time.monotonic() > deadline:
-                break
-            if len(records) < min_count:
-                continue
-            ends = consumer.end_offsets(tps)
-            if all(consumer.position(tp) >= ends[tp] for tp in tps):
-                break
-        records.sort(key=lambda r: (r.partition, r.offset))
-        return records
-    finally:
-        consumer.close()
 
 
 def decision_counts(records: list) -> Counter:

@@ -200,3 +200,59 @@ class ScorerThread:
         assert not self.thread.is_alive(), "scorer did not stop"
         if self.error is not None:
             raise self.error
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    isolation_level: str = "read_committed",
+    min_count: int = 0,
+    timeout_s: float = 20.0,
+    client_id: str = "fraudlite-tests-reader",
+) -> list:
+    """All records of ``topic`` from offset 0 to its current end offsets, sorted by (partition, offset).
+
+    Waits (polling end offsets) until at least ``min_count`` records were read or ``timeout_s`` passes;
+    then returns what it has (the caller asserts on the count).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level=isolation_level,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=client_id,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 << 20,  # oversized (poison) records fit
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = None
+        while partitions is None:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic!r} does not exist")
+                time.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list = []
+        while True:
+            for batch in consumer.poll(timeout_ms=100, max_records=100_000).values():
+                records.extend(batch)
+            if time.monotonic() > deadline:
+                break
+            if len(records) < min_count:
+                continue
+            # Under read_committed Tansu reports a bogus end offset (0) while a transaction is open, so
+            # the end offsets only decide "done" once min_count is reached.
+            ends = consumer.end_offsets(tps)
+            if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+    finally:
+        consumer.close()
