@@ -120,7 +120,6 @@ class PartitionRestorer:
         self.restore_reader = restore_reader
         self.end_reader = end_reader
         self.feed = feed
-        self.dedupe = config.exactly_once and config.state_changelog
         self._timeout_s = config.transaction_timeout_ms / 1000 + 30
 
     def _keep_alive(self) -> None:
@@ -174,7 +173,9 @@ class PartitionRestorer:
             current = writer is not None and p in self.online.states and writer.input_offset == committed
             if not current:
                 self.restore(p)
-            elif self.dedupe:  # kept state; another member may still have written outputs meanwhile
+            elif (
+                self.config.idempotent_outputs
+            ):  # kept state; another member may still have written outputs meanwhile
                 self.scan_outputs(p, self.book.output_positions(p))
             self.rewind(tp)
         for p in set(self.feed.owned) - {tp.partition for tp in assigned}:
@@ -243,7 +244,7 @@ class PartitionRestorer:
         # Customers changed by the replay are in no changelog record yet: the next one must carry them,
         # else a later restore that starts from that record (past the replayed range) loses them.
         book.dirty[partition] = touched
-        decided = self.scan_outputs(partition, positions) if self.dedupe else 0
+        decided = self.scan_outputs(partition, positions) if self.config.idempotent_outputs else 0
         seconds = perf_counter() - t0
         self.metrics.state_restore_seconds.observe(seconds)
         logger.info(

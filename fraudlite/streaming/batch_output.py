@@ -119,7 +119,6 @@ def send_outputs(
     n_alert = partitions[topics.alerts]
     n_dlq = partitions[topics.dlq]
     n_input = partitions[topics.input]
-    dedupe = config.exactly_once and config.state_changelog
     track_dirty = config.state_changelog
     writers, dirty, decided_by_p = book.writers, book.dirty, book.decided
     offset = 0
@@ -177,7 +176,7 @@ def send_outputs(
             key, value, headers = dlq_record(reason, tp, r, config.dlq_max_value_bytes, config.dlq_envelope)
             futures.append(send(topics.dlq, value=value, key=key, headers=headers, partition=dlq_p))
             last_sent[("dlq", p)] = futures[-1]
-        if dedupe:
+        if config.idempotent_outputs:
             # Lower bound of where this batch's outputs of partition p start, committed with it.
             futures.append(
                 send(topics.changelog, key=POSITIONS_KEY, partition=p,

@@ -374,6 +374,12 @@ class ServeConfig:
     def exactly_once(self) -> bool:
         return self.delivery == EXACTLY_ONCE
 
+    @property
+    def idempotent_outputs(self) -> bool:
+        """Skip outputs a crashed predecessor already wrote (``idempotence``): needs transactions and the
+        changelog, where the ``positions`` records live."""
+        return self.exactly_once and self.state_changelog
+
     def resolved_transactional_id(self) -> str:
         """The producer's ``transactional.id``: the configured one, else unique per process.
 

@@ -144,20 +144,17 @@ class TransactionalIdClaim:
                 self._id = None
 
 
-def make_scorer_producer(config: ServeConfig, transactional_id: str | None, **kwargs) -> KafkaProducer:
+def make_scorer_producer(config: ServeConfig, transactional_id: str | None) -> KafkaProducer:
     """The outputs' producer: transactional with ``transactional_id`` (``init_transactions`` is the
-    caller's), else a plain ``acks=all`` one. ``kwargs`` go to the producer."""
+    caller's), else a plain ``acks=all`` one. Like every client here it never creates a topic."""
     cfg = config
+    common = {"linger_ms": 5, "batch_size": 256 * 1024, "client_id": cfg.client_id, **_NO_AUTO_CREATE}
     if transactional_id is not None:
         return make_producer(
             cfg.bootstrap_servers, cfg.security, transactional_id=transactional_id,
-            transaction_timeout_ms=cfg.transaction_timeout_ms, linger_ms=5, batch_size=256 * 1024,
-            client_id=cfg.client_id, **kwargs,
+            transaction_timeout_ms=cfg.transaction_timeout_ms, **common,
         )  # fmt: skip
-    return make_producer(
-        cfg.bootstrap_servers, cfg.security, acks="all", linger_ms=5, batch_size=256 * 1024,
-        client_id=cfg.client_id, **kwargs,
-    )  # fmt: skip
+    return make_producer(cfg.bootstrap_servers, cfg.security, acks="all", **common)
 
 
 def abort_transaction(producer: KafkaProducer) -> bool:

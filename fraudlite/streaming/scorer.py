@@ -121,10 +121,7 @@ class Scorer:
         )
         self._set_thresholds()
         self.decoder = TransactionDecoder(config.limits)
-        self.online = OnlineFeatures(model.spec, TerminalTable(model.spec))
-        skew = max(0, min(model.spec.delay_days - 1, self.online.terminals.slack_days))
-        self._sync = EventTimeSync(self.decoder, skew)
-        self._paused: set[TopicPartition] = set()
+        self._empty_state()
         # changelog writers, customers changed since their last changelog record, outputs already there
         self.book = PartitionBook()
         self._last_changelog = time.monotonic()
@@ -150,6 +147,14 @@ class Scorer:
         )
         self._topics_unverified = False  # set when the connection comes back: did the broker keep them?
         self._topic_ids: dict[str, str | None] = {}
+
+    def _empty_state(self) -> None:
+        """Online features and event-time buffers as a fresh scorer starts them."""
+        spec = self.model.spec
+        self.online = OnlineFeatures(spec, TerminalTable(spec))
+        skew = max(0, min(spec.delay_days - 1, self.online.terminals.slack_days))
+        self._sync = EventTimeSync(self.decoder, skew)
+        self._paused: set[TopicPartition] = set()
 
     @property
     def writers(self) -> dict[int, ChangelogWriter]:
@@ -210,9 +215,8 @@ class Scorer:
         counts, self._topic_ids = ensure_serving_topics(cfg)
         check_changelog_partitions(cfg, counts)
         self._partitions = counts
-        # Topics are created in ensure_serving_topics, never implicitly by a send.
         txn_id = self._txn_id.get() if cfg.exactly_once else None
-        self._producer = make_scorer_producer(cfg, txn_id, allow_auto_create_topics=False)
+        self._producer = make_scorer_producer(cfg, txn_id)
         if cfg.exactly_once:
             self._producer.init_transactions()
         self._restore_reader = make_restore_reader(cfg)
@@ -241,11 +245,7 @@ class Scorer:
             "session from empty state and the new topics' committed offsets", ", ".join(lost),
         )  # fmt: skip
         self._close_clients()
-        spec = self.model.spec
-        self.online = OnlineFeatures(spec, TerminalTable(spec))
-        skew = max(0, min(spec.delay_days - 1, self.online.terminals.slack_days))
-        self._sync = EventTimeSync(self.decoder, skew)
-        self._paused = set()
+        self._empty_state()
         self._rebalance.reset()
         self.book.clear()
         self._needs_recovery = False
