@@ -18,7 +18,6 @@ of the centroids, sparsity kept.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -45,6 +44,9 @@ __all__ = [
     "fisher_diagonal",
     "apply_clustering",
     "clustered_parametrization",
+    "parametrize_codebooks",
+    "unclustered_masks",
+    "layer_arrays",
     "finetune_centroids",
     "round_half",
     "cluster_sensitivity",
@@ -54,7 +56,6 @@ __all__ = [
     "cluster_stage",
 ]
 
-logger = logging.getLogger(__name__)
 
 _WEIGHTINGS = ("none", "fisher")
 _AUTO_KS = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -115,18 +116,7 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         check_k(self.k, "k")
         if self.per_layer_k is not None:
-            if not isinstance(self.per_layer_k, dict):
-                raise ConfigError(f"per_layer_k must be a table {{layer index: k}}, got {self.per_layer_k!r}")
-            parsed = {}
-            for key, k in self.per_layer_k.items():
-                try:
-                    i = int(key)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"per_layer_k: bad layer index {key!r}") from exc
-                if i < 0:
-                    raise ConfigError(f"per_layer_k: bad layer index {key!r}")
-                parsed[i] = check_k(k, f"per_layer_k[{key}]")
-            object.__setattr__(self, "per_layer_k", parsed)
+            object.__setattr__(self, "per_layer_k", _per_layer_k(self.per_layer_k))
         if self.auto_k_max_drop is not None and not (
             math.isfinite(self.auto_k_max_drop) and 0 <= self.auto_k_max_drop < 1
         ):
@@ -145,6 +135,21 @@ class ClusterConfig:
 
     def k_for(self, layer: int) -> int:
         return (self.per_layer_k or {}).get(layer, self.k)
+
+
+def _per_layer_k(value: object) -> dict[int, int]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"per_layer_k must be a table {{layer index: k}}, got {value!r}")
+    parsed = {}
+    for key, k in value.items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"per_layer_k: bad layer index {key!r}") from exc
+        if i < 0:
+            raise ConfigError(f"per_layer_k: bad layer index {key!r}")
+        parsed[i] = check_k(k, f"per_layer_k[{key}]")
+    return parsed
 
 
 # ---------------------------------------------------------------------------- codebooks
@@ -260,7 +265,9 @@ def clustered_parametrization(indices: np.ndarray, mask: np.ndarray | None, cent
     return SharedWeights()
 
 
-def _parametrize(model: object, state: CompressedMLP) -> None:
+def parametrize_codebooks(model: object, state: CompressedMLP) -> None:
+    """Make each clustered layer's weight of ``model`` (a training copy of ``state``) a function of its
+    centroids (:func:`clustered_parametrization`); unclustered layers are left alone."""
     from torch.nn.utils import parametrize
 
     for layer, cb, m in zip(model.layers, state.codebooks, state.masks, strict=True):
@@ -270,14 +277,27 @@ def _parametrize(model: object, state: CompressedMLP) -> None:
             )
 
 
-def _centroids_of(model: object, state: CompressedMLP) -> list[Codebook | None]:
-    out: list[Codebook | None] = []
-    for layer, cb in zip(model.layers, state.codebooks, strict=True):
-        if cb is None:
-            out.append(None)
-        else:
-            c = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32).copy()
-            out.append((c, cb[1]))
+def unclustered_masks(state: CompressedMLP) -> list[np.ndarray | None]:
+    """The masks of the unclustered layers (None for clustered ones, whose parametrization keeps zeros)."""
+    return [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
+
+
+def layer_arrays(model: object, state: CompressedMLP) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer of ``model`` (a training copy of ``state``), float32 copies of the trained tensor and
+    the bias. The trained tensor is a parametrization's ``original`` (a clustered layer's centroids) or
+    the plain weight; an unclustered layer's pruned entries are zeroed."""
+    from torch.nn.utils import parametrize
+
+    def numpy(t: object) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(np.float32)
+
+    out = []
+    for layer, m, cb in zip(model.layers, state.masks, state.codebooks, strict=True):
+        is_param = parametrize.is_parametrized(layer, "weight")
+        w = numpy(layer.parametrizations.weight.original if is_param else layer.weight)
+        if cb is None and m is not None:
+            w = np.where(m, w, np.float32(0))
+        out.append((w, numpy(layer.bias)))
     return out
 
 
@@ -298,29 +318,23 @@ def finetune_centroids(
     if int(config.finetune_epochs) < 1:
         return state.copy()
     model = training_model(state, config)
-    _parametrize(model, state)
+    parametrize_codebooks(model, state)
     for layer in model.layers:
         layer.bias.requires_grad_(bool(config.train_biases))
     # unclustered layers train as plain (masked) weights
-    masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
-    after_backward, after_step = mask_hooks(model, masks)
+    after_backward, after_step = mask_hooks(model, unclustered_masks(state))
     params = [p for p in model.parameters() if p.requires_grad]
     train(model, data, config, config.finetune_epochs, early_stopping=True, parameters=params,
           after_backward=after_backward, after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
-    codebooks = _centroids_of(model, state)
+    trained = layer_arrays(model, state)
+    codebooks = [
+        None if cb is None else (t, cb[1]) for (t, _b), cb in zip(trained, state.codebooks, strict=True)
+    ]
     out = state.copy()
-    layers = []
-    for i, layer in enumerate(model.layers):
-        b = layer.bias.detach().cpu().numpy().astype(np.float32).copy()
-        w = (
-            out.layers[i][0]
-            if codebooks[i] is not None
-            else layer.weight.detach().cpu().numpy().astype(np.float32).copy()
-        )
-        if codebooks[i] is None and out.masks[i] is not None:
-            w = np.where(out.masks[i], w, np.float32(0))
-        layers.append((w, b))
-    out.layers = layers
+    out.layers = [
+        (t if cb is None else w, b)
+        for (t, b), (w, _b), cb in zip(trained, out.layers, state.codebooks, strict=True)
+    ]
     return apply_clustering(out, _sorted(codebooks, out.masks))
 
 
@@ -461,7 +475,7 @@ def cluster_stage(
             valid_ap_before=ap_before,
             valid_ap_kmeans=ap_kmeans,
             valid_ap_after=ap_after,
-            bits=[None if b is None else b for b in out.cluster_bits()],
+            bits=out.cluster_bits(),
             chosen_k=None if chosen is None else {str(i): k for i, k in sorted(chosen.items())},
         )
     )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fraudlite.compression.finetune import train, training_model
+from fraudlite.compression.finetune import OriginalView, mask_hooks, train, training_model
 from fraudlite.compression.kmeans import _assign, compute_codebook
 from fraudlite.compression.state import Codebook, CompressedMLP, StageData
 
@@ -98,23 +98,17 @@ def apply_ste_training(
 
     for i, layer in enumerate(model.layers):
         parametrize.register_parametrization(layer, "weight", Snap(i))
-    originals = [layer.parametrizations.weight.original for layer in model.layers]
+    originals = OriginalView(model)  # the masks act on the full-precision weights under Snap
+    after_backward, mask_step = mask_hooks(originals, list(state.masks))
     steps = [0]
     refit = max(1, int(getattr(config, "ste_refit_steps", 20)))
 
-    def after_backward(module: object) -> None:
-        for p, keep in zip(originals, keeps, strict=True):
-            if p.grad is not None:
-                p.grad.mul_(keep)
-
     def after_step(module: object) -> None:
-        with torch.no_grad():
-            for p, keep in zip(originals, keeps, strict=True):
-                p.mul_(keep)
+        mask_step(module)
         steps[0] += 1
         if steps[0] % refit == 0:
-            for i, (p, m) in enumerate(zip(originals, state.masks, strict=True)):
-                new = compute_ste_centroids(p.detach().numpy(), m, centroids[i].numpy())
+            for i, (layer, m) in enumerate(zip(originals.layers, state.masks, strict=True)):
+                new = compute_ste_centroids(layer.weight.detach().numpy(), m, centroids[i].numpy())
                 centroids[i] = torch.from_numpy(new)
 
     train(model, data, config, epochs, early_stopping=True, after_backward=after_backward,

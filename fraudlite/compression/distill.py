@@ -13,14 +13,13 @@ initialization; ``"auto"`` uses it when the shapes allow.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from fraudlite.compression.finetune import ap_of, check_training, mlp_config
+from fraudlite.compression.finetune import ap_of, check_training, mlp_config, parse_hidden, sample_rows
 from fraudlite.compression.state import CompressedMLP, StageData, stage_record
 from fraudlite.compression.structured import (
     apply_structured_pruning,
@@ -31,7 +30,6 @@ from fraudlite.errors import ConfigError
 
 __all__ = ["DistillConfig", "compute_soft_targets", "distillation_loss", "distill", "distill_stage"]
 
-logger = logging.getLogger(__name__)
 
 _INITS = ("auto", "random", "teacher")
 _SOFT_LOSSES = ("bce", "logit_mse")
@@ -70,13 +68,7 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            hidden = tuple(int(h) for h in self.hidden)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"hidden must be a sequence of layer widths, got {self.hidden!r}") from exc
-        if any(h < 1 for h in hidden):
-            raise ConfigError(f"hidden layer widths must be >= 1, got {hidden}")
-        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "hidden", parse_hidden(self.hidden))
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -158,9 +150,7 @@ def _student(teacher_state: CompressedMLP, data: StageData, config: DistillConfi
         )
     mlp_cfg = MLPConfig(hidden=hidden, dropout=config.dropout, seed=config.seed)
     if config.init in ("teacher", "auto") and can_init:
-        rng = np.random.default_rng(config.seed)
-        n = min(int(config.calibration_rows), len(data.X_train))
-        calib = data.X_train[np.sort(rng.choice(len(data.X_train), n, replace=False))]
+        calib = sample_rows(data.X_train, config.calibration_rows, config.seed)
         dense = teacher_state.copy()
         dense.masks = [None] * len(dense.layers)
         dense.codebooks = [None] * len(dense.layers)
@@ -204,7 +194,7 @@ def distill(
 
     config = config or DistillConfig()
     data = StageData(X, y, X_valid, y_valid)
-    teacher_state = teacher if isinstance(teacher, CompressedMLP) else CompressedMLP.from_model(teacher)
+    teacher_state = CompressedMLP.of(teacher)
     pos_weight = default_pos_weight(y)
     student, _ = _student(teacher_state, data, config, pos_weight)
     loss_fn = distillation_loss(_teacher_module(teacher), config, pos_weight)
@@ -228,7 +218,7 @@ def distill_stage(
     """
     config = config or DistillConfig()
     teacher = state if teacher is None else teacher
-    teacher_state = teacher if isinstance(teacher, CompressedMLP) else CompressedMLP.from_model(teacher)
+    teacher_state = CompressedMLP.of(teacher)
     ap_teacher = ap_of(teacher_state, data.X_valid, data.y_valid)
     student = distill(teacher, data.X_train, data.y_train, data.X_valid, data.y_valid, config, progress)
     out = CompressedMLP.from_model(student, stages=state.stages)

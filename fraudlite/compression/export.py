@@ -149,7 +149,7 @@ def _tensors(g: _Graph, c: CompressedMLP, storage: str, pack: bool) -> tuple[str
     weights as indices into one shared codebook (entry 0 = 0.0 for pruned positions) -> Gather -> Split
     -> Reshape. ``fp32``: one plain initializer per tensor.
     """
-    std = np.where(np.isfinite(c.std) & (c.std > 0), c.std, np.float32(1)).astype(np.float32)
+    std = c.safe_std()
     if storage == "fp32":
         layers = [(g.init(np.ascontiguousarray(w.T)), g.init(b)) for w, b in c.layers]
         return g.init(c.mean), g.init(std), layers
@@ -267,7 +267,7 @@ def _build(
 def reference_scores(c: CompressedMLP, X: np.ndarray) -> np.ndarray:
     """Fraud probabilities of ``c`` computed in float64 numpy (the torch module's arithmetic, exactly
     ordered: standardize, then the layers), float32 [N]. The yardstick for exported graphs."""
-    std = np.where(np.isfinite(c.std) & (c.std > 0), c.std, np.float32(1)).astype(np.float64)
+    std = c.safe_std().astype(np.float64)
     h = (np.asarray(X, dtype=np.float64) - c.mean.astype(np.float64)) / std
     for i, (w, b) in enumerate(c.layers):
         h = h @ w.astype(np.float64).T + b.astype(np.float64)

@@ -7,6 +7,7 @@ quantization-aware training, distillation).
   that teacher and :func:`training_model` the trainable ``FraudMLP`` of a state.
 * :func:`mask_hooks`: hooks that keep pruning masks applied while training.
 * :func:`check_unclustered` (a stage-order guard) and :func:`ap_of` (validation AP of a state).
+* :func:`parse_hidden` (the ``hidden`` widths of a config) and :func:`sample_rows` (seeded calibration rows).
 
 torch is imported inside the functions that need it.
 """
@@ -30,6 +31,9 @@ __all__ = [
     "training_model",
     "check_unclustered",
     "ap_of",
+    "parse_hidden",
+    "sample_rows",
+    "OriginalView",
 ]
 
 
@@ -55,6 +59,24 @@ def check_training(cfg: object) -> None:
         raise ConfigError(f"kd_alpha must be in [0, 1], got {cfg.kd_alpha}")
     if not (math.isfinite(getattr(cfg, "kd_temperature", 1.0)) and getattr(cfg, "kd_temperature", 1.0) > 0):
         raise ConfigError(f"kd_temperature must be > 0, got {cfg.kd_temperature}")
+
+
+def parse_hidden(value: object) -> tuple[int, ...]:
+    """A config's ``hidden`` widths as a tuple of ints >= 1."""
+    try:
+        hidden = tuple(int(h) for h in value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"hidden must be a sequence of layer widths, got {value!r}") from exc
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"hidden layer widths must be >= 1, got {hidden}")
+    return hidden
+
+
+def sample_rows(X: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """``min(rows, len(X))`` rows of ``X`` drawn without replacement (seeded), kept in their order."""
+    rng = np.random.default_rng(seed)
+    n = min(int(rows), len(X))
+    return X[np.sort(rng.choice(len(X), n, replace=False))]
 
 
 def mask_hooks(model: object, masks: list[np.ndarray | None]) -> tuple[Callable, Callable]:
@@ -88,6 +110,18 @@ def mask_hooks(model: object, masks: list[np.ndarray | None]) -> tuple[Callable,
                     layer.weight.mul_(t)
 
     return after_backward, after_step
+
+
+class OriginalView:
+    """Presents each layer's parametrization ``original`` as ``.weight`` for :func:`mask_hooks` (masks
+    then act on the trained tensor under a ``torch.nn.utils.parametrize`` parametrization)."""
+
+    class _Layer:
+        def __init__(self, layer: object) -> None:
+            self.weight = layer.parametrizations.weight.original
+
+    def __init__(self, model: object) -> None:
+        self.layers = [self._Layer(layer) for layer in model.layers]
 
 
 def mlp_config(cfg: object, epochs: int, schedule: str = "cosine"):

@@ -11,7 +11,6 @@ after each step.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,6 @@ __all__ = [
     "structured_prune_stage",
 ]
 
-logger = logging.getLogger(__name__)
 
 _SCHEDULES = ("polynomial", "one_shot")
 
@@ -340,7 +338,7 @@ def sensitivity_analysis(
     Returns:
         Rows ``{"layer", "n_weights", "sparsity", "ap", "ap_drop"}`` (``ap_drop`` vs the unpruned model).
     """
-    state = model if isinstance(model, CompressedMLP) else CompressedMLP.from_model(model)
+    state = CompressedMLP.of(model)
     base = ap_of(state, X_valid, y_valid)
     rows = []
     for i, (w, _b) in enumerate(state.layers):

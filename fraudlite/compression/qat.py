@@ -28,19 +28,26 @@ int8-simulated model) is kept.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from fraudlite.compression.cluster import clustered_parametrization
+from fraudlite.compression.cluster import (
+    _sorted,
+    apply_clustering,
+    layer_arrays,
+    parametrize_codebooks,
+    unclustered_masks,
+)
 from fraudlite.compression.finetune import (
+    OriginalView,
     ap_of,
     check_training,
     frozen_teacher,
     mask_hooks,
+    sample_rows,
     train,
     training_model,
 )
@@ -58,7 +65,6 @@ __all__ = [
     "qat_stage",
 ]
 
-logger = logging.getLogger(__name__)
 
 _CALIBRATIONS = ("minmax", "percentile", "mse")
 QMAX_W = 127
@@ -176,8 +182,9 @@ def snap_to_grid(values: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
     return (q * s).astype(np.float32)
 
 
-def _layer_uses_codebook_scale(state: CompressedMLP, i: int) -> bool:
-    return state.codebooks[i] is not None
+def _codebook_scale(centroids: np.ndarray) -> np.float32:
+    """The one symmetric int8 scale of a clustered layer, ``max|centroids| / 127`` (1 when all are 0)."""
+    return np.float32(max(float(np.abs(centroids).max()) / QMAX_W, 0.0) or 1.0)
 
 
 def compute_quant_params(
@@ -185,18 +192,15 @@ def compute_quant_params(
 ) -> list[dict]:
     """Per-layer int8 parameters of ``state`` (see module docs), activations calibrated on ``X_calib``."""
     config = config or QATConfig()
-    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1))
-    inputs = [(np.asarray(X_calib, dtype=np.float32) - state.mean) / std, *_activations(state, X_calib)]
+    inputs = [state.standardize(X_calib), *_activations(state, X_calib)]
     out = []
-    for i, (w, _b) in enumerate(state.layers):
-        clustered = _layer_uses_codebook_scale(state, i)
-        per_channel = bool(config.per_channel) and not clustered
-        if clustered:
-            c = state.codebooks[i][0]
-            scales = np.full(w.shape[0], max(float(np.abs(c).max()) / QMAX_W, 0.0) or 1.0, dtype=np.float32)
+    for (w, _b), cb, x in zip(state.layers, state.codebooks, inputs, strict=True):
+        per_channel = bool(config.per_channel) and cb is None
+        if cb is not None:
+            scales = np.full(w.shape[0], _codebook_scale(cb[0]), dtype=np.float32)
         else:
             scales = compute_weight_scales(w, per_channel)
-        lo, hi = activation_range(inputs[i], config.calibration, config.percentile)
+        lo, hi = activation_range(x, config.calibration, config.percentile)
         in_scale, in_zp = _uint8_params(lo, hi)
         out.append(
             {
@@ -221,8 +225,7 @@ def fake_quant_logits(state: CompressedMLP, X: np.ndarray, quant: list[dict] | N
     quant = quant if quant is not None else state.quant
     if quant is None:
         return state.logits(X)
-    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1))
-    h = (np.asarray(X, dtype=np.float32) - state.mean) / std
+    h = state.standardize(X)
     for i, ((w, b), q) in enumerate(zip(state.layers, quant, strict=True)):
         h = _fake_uint8(h, q["input_scale"], q["input_zero_point"]) @ w.T + b
         if i < len(state.layers) - 1:
@@ -253,13 +256,9 @@ def _prepare(model: object, state: CompressedMLP, quant: list[dict]) -> list:
     import torch
     from torch.nn.utils import parametrize
 
+    parametrize_codebooks(model, state)  # the shared weights first, fake quantization on top
     handles = []
-    for i, layer in enumerate(model.layers):
-        cb, q = state.codebooks[i], quant[i]
-        if cb is not None:
-            parametrize.register_parametrization(
-                layer, "weight", clustered_parametrization(cb[1], state.masks[i], cb[0]), unsafe=True
-            )
+    for layer, q in zip(model.layers, quant, strict=True):
         parametrize.register_parametrization(layer, "weight", _weight_fake_quant(bool(q["per_channel"])))
         scale, zp = float(q["input_scale"]), int(q["input_zero_point"])
 
@@ -278,29 +277,21 @@ def _finalize(
     Returns:
         The state and, per layer, the float32 weight scales [out] used for snapping (exact grids).
     """
-    from fraudlite.compression.cluster import _sorted, apply_clustering
-
     out = state.copy()
     layers, codebooks, scales = [], [], []
-    for i, layer in enumerate(model.layers):
-        b = layer.bias.detach().cpu().numpy().astype(np.float32).copy()
+    for i, (original, b) in enumerate(layer_arrays(model, state)):
         if config.half_precision_biases:
             b = b.astype(np.float16).astype(np.float32)
         cb = state.codebooks[i]
         if cb is not None:
-            c = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
-            scale = np.float32(max(float(np.abs(c).max()) / QMAX_W, 0.0) or 1.0)
-            codebooks.append((snap_to_grid(c, scale), cb[1]))
+            scale = _codebook_scale(original)
+            codebooks.append((snap_to_grid(original, scale), cb[1]))
             layers.append((out.layers[i][0], b))
             scales.append(np.full(out.layers[i][0].shape[0], scale, dtype=np.float32))
         else:
-            w = layer.parametrizations.weight.original.detach().cpu().numpy().astype(np.float32)
-            if state.masks[i] is not None:
-                w = np.where(state.masks[i], w, np.float32(0))
-            scale = compute_weight_scales(w, bool(config.per_channel))
-            w = snap_to_grid(w, scale)
+            scale = compute_weight_scales(original, bool(config.per_channel))
             codebooks.append(None)
-            layers.append((w, b))
+            layers.append((snap_to_grid(original, scale), b))
             scales.append(scale)
     out.layers = layers
     if any(cb is not None for cb in codebooks):
@@ -335,9 +326,7 @@ def qat_stage(
         QAT, ``valid_ap_after``: of the final int8-simulated model).
     """
     config = config or QATConfig()
-    rng = np.random.default_rng(config.seed)
-    n = min(int(config.calibration_rows), len(data.X_train))
-    calib = data.X_train[np.sort(rng.choice(len(data.X_train), n, replace=False))]
+    calib = sample_rows(data.X_train, config.calibration_rows, config.seed)
     ap_before = ap_of(state, data.X_valid, data.y_valid)
     quant = compute_quant_params(state, calib, config)
     from fraudlite.models.metrics import average_precision
@@ -353,10 +342,8 @@ def qat_stage(
     if int(config.epochs) > 0:
         model = training_model(state, config)
         _prepare(model, state, quant)
-        masks = [m if cb is None else None for m, cb in zip(state.masks, state.codebooks, strict=True)]
         # masks of unclustered layers act on the parametrization's original weight
-        originals = _OriginalView(model)
-        after_backward, after_step = mask_hooks(originals, masks)
+        after_backward, after_step = mask_hooks(OriginalView(model), unclustered_masks(state))
         params = [p for p in model.parameters() if p.requires_grad]
         train(model, data, config, config.epochs, early_stopping=True, parameters=params,
               after_backward=after_backward, after_step=after_step, progress=progress,
@@ -383,14 +370,3 @@ def qat_stage(
             valid_ap_float=ap_of(best, data.X_valid, data.y_valid),
         )
     )
-
-
-class _OriginalView:
-    """Presents each layer's parametrization ``original`` as ``.weight`` for :func:`mask_hooks`."""
-
-    class _Layer:
-        def __init__(self, layer: object) -> None:
-            self.weight = layer.parametrizations.weight.original
-
-    def __init__(self, model: object) -> None:
-        self.layers = [self._Layer(layer) for layer in model.layers]

@@ -17,10 +17,13 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from fraudlite.compression.finetune import sample_rows
 from fraudlite.errors import ConfigError
 
 __all__ = [
@@ -31,7 +34,6 @@ __all__ = [
     "torch_module_bytes",
 ]
 
-logger = logging.getLogger(__name__)
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
@@ -54,13 +56,21 @@ class _Reader:
         pass
 
 
-def _quiet_ort_logging():
-    """onnxruntime.quantization warns through the root logger about pre-processing; keep it out of our
-    output (our graphs have static shapes and nothing to pre-process)."""
+@contextmanager
+def _ort_files(fp32_onnx: bytes) -> Iterator[tuple[Path, Path]]:
+    """``(src, dst)`` paths in a temporary directory, ``src`` holding ``fp32_onnx``, for one
+    onnxruntime.quantization call. That package warns through the root logger about pre-processing;
+    the warnings stay out of our output meanwhile (our graphs have static shapes, nothing to pre-process)."""
     root = logging.getLogger()
     previous = root.level
     root.setLevel(logging.ERROR)
-    return previous
+    try:
+        with tempfile.TemporaryDirectory(prefix="fraudlite-quant-") as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(fp32_onnx)
+            yield src, dst
+    finally:
+        root.setLevel(previous)
 
 
 def quantize_static_onnx(
@@ -97,43 +107,29 @@ def quantize_static_onnx(
     }
     if method not in methods:
         raise ConfigError(f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
-    rng = np.random.default_rng(seed)
-    n = min(int(rows), len(calibration))
-    sample = calibration[np.sort(rng.choice(len(calibration), n, replace=False))]
-    previous = _quiet_ort_logging()
-    try:
-        with tempfile.TemporaryDirectory(prefix="fraudlite-quant-") as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(fp32_onnx)
-            quantize_static(
-                str(src),
-                str(dst),
-                _Reader(sample),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                extra_options={"CalibMovingAverage": False},
-            )
-            return dst.read_bytes()
-    finally:
-        logging.getLogger().setLevel(previous)
+    sample = sample_rows(calibration, rows, seed)
+    with _ort_files(fp32_onnx) as (src, dst):
+        quantize_static(
+            str(src),
+            str(dst),
+            _Reader(sample),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"CalibMovingAverage": False},
+        )
+        return dst.read_bytes()
 
 
 def quantize_dynamic_onnx(fp32_onnx: bytes, *, per_channel: bool = False) -> bytes:
     """ORT ``quantize_dynamic`` (int8 weights, activations quantized per batch at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    previous = _quiet_ort_logging()
-    try:
-        with tempfile.TemporaryDirectory(prefix="fraudlite-quant-") as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(fp32_onnx)
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
-            return dst.read_bytes()
-    finally:
-        logging.getLogger().setLevel(previous)
+    with _ort_files(fp32_onnx) as (src, dst):
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
+        return dst.read_bytes()
 
 
 def torch_dynamic_quantize(model):

@@ -9,7 +9,6 @@ a fresh process (session created and one batch scored), measured in a child proc
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -26,7 +25,6 @@ __all__ = [
     "pareto_plot",
 ]
 
-logger = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -138,6 +138,11 @@ class CompressedMLP:
         state.validate()
         return state
 
+    @classmethod
+    def of(cls, model: CompressedMLP | FraudMLP) -> CompressedMLP:
+        """``model`` itself when it already is a state, else its snapshot (:meth:`from_model`)."""
+        return model if isinstance(model, cls) else cls.from_model(model)
+
     def to_model(self, config: MLPConfig | None = None) -> FraudMLP:
         """A :class:`FraudMLP` holding exactly these weights (eval mode); ``hidden`` follows the shapes.
 
@@ -234,8 +239,7 @@ class CompressedMLP:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ConfigError(f"expected features [N, {self.n_features}], got shape {X.shape}")
-        std = self.std.copy()
-        std[~np.isfinite(std) | (std <= 0)] = 1.0
+        std = self.safe_std()
         out = np.empty(len(X), dtype=np.float32)
         for start in range(0, len(X), batch_size):
             h = (X[start : start + batch_size] - self.mean) / std
@@ -245,6 +249,14 @@ class CompressedMLP:
                     np.maximum(h, 0, out=h)
             out[start : start + len(h)] = h.reshape(-1)
         return out
+
+    def safe_std(self) -> np.ndarray:
+        """``std`` float32 with non-finite or non-positive entries replaced by 1 (what inference divides by)."""
+        return np.where(np.isfinite(self.std) & (self.std > 0), self.std, np.float32(1)).astype(np.float32)
+
+    def standardize(self, X: np.ndarray) -> np.ndarray:
+        """Float32 ``(X - mean) / std`` of raw features (the input of layer 0)."""
+        return (np.asarray(X, dtype=np.float32) - self.mean) / self.safe_std()
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Fraud probabilities float32 [N] (sigmoid of :meth:`logits`)."""

@@ -22,6 +22,8 @@ from fraudlite.compression.finetune import (
     check_unclustered,
     frozen_teacher,
     mask_hooks,
+    parse_hidden,
+    sample_rows,
     train,
     training_model,
 )
@@ -75,13 +77,7 @@ class StructuredConfig:
 
     def __post_init__(self) -> None:
         if self.hidden is not None:
-            try:
-                hidden = tuple(int(h) for h in self.hidden)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"hidden must be a sequence of widths, got {self.hidden!r}") from exc
-            if any(h < 1 for h in hidden):
-                raise ConfigError(f"hidden widths must be >= 1, got {hidden}")
-            object.__setattr__(self, "hidden", hidden)
+            object.__setattr__(self, "hidden", parse_hidden(self.hidden))
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
         if int(self.steps) < 1:
@@ -97,8 +93,7 @@ class StructuredConfig:
 
 def _activations(state: CompressedMLP, X: np.ndarray) -> list[np.ndarray]:
     """Post-ReLU activations of every hidden layer on ``X`` (float32)."""
-    std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1))
-    h = (np.asarray(X, dtype=np.float32) - state.mean) / std
+    h = state.standardize(X)
     out = []
     for w, b in state.layers[:-1]:
         h = np.maximum(h @ w.T + b, 0)
@@ -118,7 +113,7 @@ def compute_unit_importance(
         ``"activation"``: ``||W_next[:, j]|| * std(h_j)``, the RMS change of the next layer's input.
         ``"weight"`` (default without ``X``): ``||W_in[j]|| * ||W_next[:, j]||``.
     """
-    state = model if isinstance(model, CompressedMLP) else CompressedMLP.from_model(model)
+    state = CompressedMLP.of(model)
     method = method or ("output" if X is not None else "weight")
     if method not in _IMPORTANCE:
         raise ConfigError(f"importance must be one of {', '.join(_IMPORTANCE)}, got {method!r}")
@@ -186,7 +181,7 @@ def apply_structured_pruning(model: object, keep: list[np.ndarray], X: np.ndarra
         The same kind of object, with smaller layers.
     """
     is_state = isinstance(model, CompressedMLP)
-    state = (model if is_state else CompressedMLP.from_model(model)).copy()
+    state = CompressedMLP.of(model).copy()
     if len(keep) != len(state.layers) - 1:
         raise ConfigError(f"need one keep list per hidden layer ({len(state.layers) - 1}), got {len(keep)}")
     for i, idx in enumerate(keep):
@@ -287,9 +282,7 @@ def structured_prune_stage(
     if any(t > s for t, s in zip(target, start, strict=True)):
         raise ConfigError(f"hidden: target widths {tuple(target)} exceed the current widths {tuple(start)}")
     ap_before = ap_of(state, data.X_valid, data.y_valid)
-    rng = np.random.default_rng(config.seed)
-    n_cal = min(int(config.calibration_rows), len(data.X_train))
-    calib = data.X_train[np.sort(rng.choice(len(data.X_train), n_cal, replace=False))]
+    calib = sample_rows(data.X_train, config.calibration_rows, config.seed)
     current = state.copy()
     teacher = frozen_teacher(state, config)
     for widths in _schedule_widths(start, target, int(config.steps)):
