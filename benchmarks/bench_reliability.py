@@ -33,31 +33,20 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 sys.path.insert(0, str(ROOT / "tests" / "streaming"))
 
 
-def _topics(prefix: str):
-    from fraudlite.streaming.config import Topics
-
-    u = uuid.uuid4().hex[:6]
-    return Topics(input=f"{prefix}-in-{u}", output=f"{prefix}-dec-{u}", alerts=f"{prefix}-al-{u}",
-                  dlq=f"{prefix}-dlq-{u}", labels=f"{prefix}-lab-{u}")  # fmt: skip
-
-
 def _count(records) -> tuple[int, int, set[str]]:
     """(decisions, duplicated transactions, tx ids)."""
-    from collections import Counter
+    from reliability_support import decision_counts
 
-    c = Counter(json.loads(r.value)["tx_id"] for r in records)
+    c = decision_counts(records)
     return sum(c.values()), sum(1 for v in c.values() if v > 1), set(c)
-
-
-def _scores(records) -> dict[str, float]:
-    return {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in records}
 
 
 def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) -> dict:
     from poison_support import mix_poison, poison_messages
     from reliability_support import (
-        committed_offsets,
+        committed_total,
         create_topics,
+        decision_scores,
         kill9_during_replay,
         make_transactions,
         offline_scores,
@@ -65,6 +54,7 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
         read_records,
         reference_scores,
         serve_args,
+        unique_topics,
     )
 
     rng = random.Random(seed)
@@ -72,7 +62,7 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
     poison = poison_messages(n // 100, seed=seed)
     messages = mix_poison(data.messages(), poison)
     valid = {json.loads(v)["tx_id"] for _, v in messages if v and v.startswith(b'{"tx_id": "tx')}
-    t = _topics("crash")
+    t = unique_topics("crash")
     create_topics(bootstrap, [t.input, t.labels])
     produce(bootstrap, t.input, messages)
     group = f"crash-{uuid.uuid4().hex[:6]}"
@@ -83,14 +73,14 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
     restarted = time.monotonic()
     at_last_kill = kill_log[-1]["committed"]
     deadline = time.monotonic() + 300
-    while sum(v or 0 for v in committed_offsets(bootstrap, group, t.input, 4).values()) <= at_last_kill:
+    while committed_total(bootstrap, group, t.input, 4) <= at_last_kill:
         if time.monotonic() > deadline or not proc.alive:
             raise RuntimeError(f"no progress after the last restart:\n{proc.tail()}")
         time.sleep(0.05)
     recoveries = [k["successor_progress_s"] for k in kill_log if "successor_progress_s" in k]
     recoveries.append(time.monotonic() - restarted)
     deadline = time.monotonic() + 900
-    while sum(v or 0 for v in committed_offsets(bootstrap, group, t.input, 4).values()) < len(messages):
+    while committed_total(bootstrap, group, t.input, 4) < len(messages):
         if time.monotonic() > deadline or not proc.alive:
             raise RuntimeError(f"crash scenario did not finish:\n{proc.tail()}")
         time.sleep(0.5)
@@ -100,7 +90,7 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
     out, dup, ids = _count(decisions)
     dlq = read_records(bootstrap, t.dlq, min_count=len(poison), timeout_s=60)
     expected = reference_scores(bootstrap, t, model, len(messages))
-    got = _scores(decisions)
+    got = decision_scores(decisions)
     differ = sum(1 for k, v in expected.items() if got.get(k) != v)
     offline = offline_scores(data, model, got)
     off = sum(1 for k, v in got.items() if abs(offline[k] - v) > 1e-4)
@@ -120,28 +110,30 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
 def rebalance(bootstrap: str, model, work: Path, n: int) -> dict:
     from reliability_support import (
         ServeProcess,
+        assigned_partitions,
         committed_offsets,
+        committed_total,
         create_topics,
+        decision_scores,
         make_transactions,
         offline_scores,
         produce,
         read_records,
         serve_args,
+        unique_topics,
     )
 
     parts = 6
-    t = _topics("rebal")
+    t = unique_topics("rebal")
     create_topics(bootstrap, [t.input, t.labels], parts)
     group = f"rebal-{uuid.uuid4().hex[:6]}"
     data = make_transactions(n, customers=3000, terminals=2000, days=30, seed=8)
     messages = data.messages()
     args = serve_args(bootstrap, t, model.path, group, ["--partitions", str(parts)])
     members = [ServeProcess(args, work / f"rebal-{i}.log").start() for i in range(3)]
-    import re
 
     def assigned(m) -> list[int]:
-        found = re.findall(r"assigned partitions=\[([\d, ]*)\]", m.text())
-        return [int(x) for x in found[-1].split(",") if x.strip()] if found else []
+        return assigned_partitions(m.text()) or []
 
     deadline = time.monotonic() + 90
     while not all(assigned(m) for m in members):
@@ -175,7 +167,7 @@ def rebalance(bootstrap: str, model, work: Path, n: int) -> dict:
     members.append(ServeProcess(args, work / "rebal-new.log").start())
     feeder.join(300)
     deadline = time.monotonic() + 300
-    while sum(v or 0 for v in committed_offsets(bootstrap, group, t.input, parts).values()) < len(messages):
+    while committed_total(bootstrap, group, t.input, parts) < len(messages):
         if time.monotonic() > deadline:
             raise RuntimeError("rebalance scenario did not finish")
         time.sleep(0.3)
@@ -184,7 +176,7 @@ def rebalance(bootstrap: str, model, work: Path, n: int) -> dict:
             m.terminate()
     decisions = read_records(bootstrap, t.output, min_count=len(messages), timeout_s=120)
     out, dup, ids = _count(decisions)
-    got = _scores(decisions)
+    got = decision_scores(decisions)
     offline = offline_scores(data, model, got)
     off = sum(1 for k, v in got.items() if abs(offline[k] - v) > 1e-4)
     return {
@@ -255,7 +247,14 @@ def broker_restart(model, work: Path) -> dict:
 
 def poison(bootstrap: str, model, n: int, rounds: int) -> tuple[dict, list[tuple[str, str, str]]]:
     from poison_support import mix_poison, poison_messages
-    from reliability_support import create_topics, make_transactions, produce_big, read_records, scorer_rate
+    from reliability_support import (
+        create_topics,
+        make_transactions,
+        produce_big,
+        read_records,
+        scorer_rate,
+        unique_topics,
+    )
 
     data = make_transactions(n, customers=5000, terminals=3000, days=30, seed=21)
     clean = data.messages()
@@ -265,7 +264,7 @@ def poison(bootstrap: str, model, n: int, rounds: int) -> tuple[dict, list[tuple
     last = None
     for _ in range(rounds):
         for name, messages in (("clean", clean), ("poison", mixed)):
-            t = _topics(f"poison-{name}")
+            t = unique_topics(f"poison-{name}")
             create_topics(bootstrap, [t.input, t.labels])
             produce_big(bootstrap, t.input, messages)
             rates[name].append(scorer_rate(bootstrap, t, model, messages, len(messages)))

@@ -37,14 +37,6 @@ sys.path.insert(0, str(ROOT / "tests" / "streaming"))
 T0 = 1_767_225_600  # 2026-01-01
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _buckets(samples: dict[str, float]) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) of the end-to-end latency histogram."""
     out = []
@@ -127,14 +119,16 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         create_topics,
         feature_stats,
         make_transactions,
+        metric,
         produce,
         scorer_rate,
         serve_args,
+        unique_topics,
         write_model,
     )
+    from streaming_support import proc_status_mb
 
     from fraudlite.streaming.broker import EmbeddedBroker
-    from fraudlite.streaming.config import Topics
 
     with tempfile.TemporaryDirectory(prefix="fraudlite-soak-") as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)
@@ -143,9 +137,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         model = write_model(work / "model", stats=feature_stats(data), seed=1)
 
         # 1. maximum rate (in-process, the whole machine)
-        u = uuid.uuid4().hex[:6]
-        t = Topics(input=f"max-in-{u}", output=f"max-dec-{u}", alerts=f"max-al-{u}", dlq=f"max-dlq-{u}",
-                   labels=f"max-lab-{u}")  # fmt: skip
+        t = unique_topics("max")
         create_topics(boot, [t.input, t.labels])
         produce(boot, t.input, data.messages())
         max_rate, _ = scorer_rate(boot, t, model, None, len(data))
@@ -153,11 +145,10 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         print(f"max rate {max_rate:,.0f} msg/s -> soak at {rate:,.0f} msg/s for {minutes} min", flush=True)
 
         # 2. soak
-        u = uuid.uuid4().hex[:6]
-        t = Topics(input=f"soak-in-{u}", output=f"soak-dec-{u}", alerts=f"soak-al-{u}", dlq=f"soak-dlq-{u}",
-                   labels=f"soak-lab-{u}")  # fmt: skip
+        t = unique_topics("soak")
         create_topics(boot, [t.input, t.labels])
-        proc = ServeProcess(serve_args(boot, t, model.path, f"soak-{u}"), work / "serve.log").start()
+        group = f"soak-{uuid.uuid4().hex[:6]}"
+        proc = ServeProcess(serve_args(boot, t, model.path, group), work / "serve.log").start()
         proc.wait_metric("fraudlite_scorer_ready", 1, timeout_s=90)
         seconds = minutes * 60
         feed = _Feed(boot, t.input, rate, seconds)
@@ -170,10 +161,10 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
                 if not proc.alive:
                     raise RuntimeError(f"fraudlite serve died during the soak:\n{proc.tail()}")
                 m = proc.metrics()
-                consumed = sum(v for k, v in m.items() if k.startswith("fraudlite_messages_consumed_total"))
-                lag = sum(v for k, v in m.items() if k.startswith("fraudlite_consumer_lag_messages"))
+                consumed = metric(m, "fraudlite_messages_consumed_total")
+                lag = metric(m, "fraudlite_consumer_lag_messages")
                 samples.append({
-                    "t": time.monotonic() - start, "rss_mb": _rss_mb(proc.proc.pid), "lag": lag,
+                    "t": time.monotonic() - start, "rss_mb": proc_status_mb("VmRSS", proc.proc.pid), "lag": lag,
                     "gap": feed.sent - consumed, "buckets": _buckets(m), "consumed": consumed,
                 })  # fmt: skip
                 print(f"t={samples[-1]['t']:.0f}s rss={samples[-1]['rss_mb']:.1f}MB lag={lag:.0f} "

@@ -41,11 +41,10 @@ PARTITIONS = 4
 
 
 def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """This process's peak RSS (VmHWM), read last by each worker."""
+    from streaming_support import proc_status_mb
+
+    return proc_status_mb("VmHWM")
 
 
 def _data(n: int, seed: int = 7):

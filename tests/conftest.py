@@ -14,6 +14,9 @@ Broker caveats (Tansu 0.6, checked here): read_committed hides records of *open*
 aborted ones (its Fetch responses carry no aborted_transactions list), and ListOffsets under
 read_committed answers 0 while a transaction is open. Pass ``min_count`` to wait for records.
 * ``kafka_admin``: a session-scoped ``KafkaAdminClient``.
+* ``train_small(name, max_epochs) -> (data, model)``: a small generated Parquet file (300 customers, 600
+  terminals, 75 days from 2026-01-01) and an MLP trained on 2026-01-31..2026-02-28 (tests/compression,
+  tests/reliability; no broker).
 
 Topics live only in memory (Tansu), so give each test its own topics instead of cleaning up. The broker
 module is imported inside the fixture, so collecting tests that need no broker does not import it.
@@ -90,3 +93,20 @@ def consume_all(broker: EmbeddedBroker) -> Callable[..., list]:
         )
 
     return consume
+
+
+@pytest.fixture(scope="session")
+def train_small(tmp_path_factory) -> Callable[[str, int], tuple[Path, Path]]:
+    """Factory: ``train_small(name, max_epochs) -> (data .parquet, model dir)`` in a fresh temp dir."""
+
+    def make(name: str, max_epochs: int) -> tuple[Path, Path]:
+        from fraudlite.pipeline.commands import generate, train
+
+        root = tmp_path_factory.mktemp(name)
+        data = root / "tx.parquet"
+        assert generate(str(data), 300, 600, 75, "2026-01-01", 7) == 0
+        model = root / "model"
+        assert train(str(data), {}, "2026-01-31", "2026-02-28", str(model), max_epochs=max_epochs) == 0
+        return data, model
+
+    return make

@@ -8,17 +8,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent / "streaming"))
-from streaming_support import write_model  # noqa: E402
+from streaming_support import proc_status_mb, write_model  # noqa: E402
 
 from fraudlite.runtime import OnnxScorer  # noqa: E402
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return proc_status_mb("VmRSS")
 
 
 def test_memory_stays_flat_over_every_batch_size(tmp_path):

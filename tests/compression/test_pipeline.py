@@ -49,16 +49,9 @@ max_train_rows = 20000
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(train_small):
     """A small generated file and an MLP trained on it (3 epochs)."""
-    from fraudlite.pipeline.commands import generate, train
-
-    root = tmp_path_factory.mktemp("compress")
-    data = root / "tx.parquet"
-    assert generate(str(data), 300, 600, 75, "2026-01-01", 7) == 0
-    model = root / "model"
-    assert train(str(data), {}, "2026-01-31", "2026-02-28", str(model), max_epochs=3) == 0
-    return data, model
+    return train_small("compress", max_epochs=3)
 
 
 @pytest.fixture(scope="module")

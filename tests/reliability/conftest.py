@@ -10,14 +10,19 @@ topic factories. Helpers shared with the benchmarks live in ``reliability_suppor
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reliability_support import create_topics, feature_stats, make_transactions, write_model  # noqa: E402
+from reliability_support import (  # noqa: E402
+    create_topics,
+    feature_stats,
+    make_transactions,
+    unique_topics,
+    write_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +42,8 @@ def rel_model(tmp_path_factory, rel_data):
 
 @pytest.fixture
 def rel_topics(rel_broker, request):
-    from fraudlite.streaming.config import Topics
-
-    def make(partitions: int = 4) -> Topics:
-        test = "".join(c if c.isalnum() else "-" for c in request.node.name)[:30]
-        u = f"{test}-{uuid.uuid4().hex[:6]}"
-        t = Topics(input=f"in-{u}", output=f"dec-{u}", alerts=f"al-{u}", dlq=f"dlq-{u}", labels=f"lab-{u}")
+    def make(partitions: int = 4):
+        t = unique_topics("".join(c if c.isalnum() else "-" for c in request.node.name)[:30])
         create_topics(rel_broker.bootstrap, [t.input, t.labels], partitions)
         return t
 

@@ -33,6 +33,10 @@ from streaming_support import (  # noqa: E402
 
 __all__ = [
     "ROOT",
+    "assigned_partitions",
+    "committed_total",
+    "decision_scores",
+    "unique_topics",
     "reference_scores",
     "serve_args",
     "ServeProcess",
@@ -95,6 +99,29 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         c.close(autocommit=False)
 
 
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Records of ``topic`` the group has committed, over all partitions (none committed counts 0)."""
+    return sum(v or 0 for v in committed_offsets(bootstrap, group, topic, partitions).values())
+
+
+def unique_topics(prefix: str):
+    """A ``Topics`` of fresh names (``{prefix}-in-XXXXXX``, ``-dec-``, ``-al-``, ``-dlq-``, ``-lab-``); creates
+    nothing (``create_topics``)."""
+    import uuid
+
+    from fraudlite.streaming.config import Topics
+
+    u = uuid.uuid4().hex[:6]
+    return Topics(input=f"{prefix}-in-{u}", output=f"{prefix}-dec-{u}", alerts=f"{prefix}-al-{u}",
+                  dlq=f"{prefix}-dlq-{u}", labels=f"{prefix}-lab-{u}")  # fmt: skip
+
+
+def assigned_partitions(log_text: str) -> list[int] | None:
+    """The partitions a serve log last announced as assigned, or None before its first assignment."""
+    found = re.findall(r"assigned partitions=\[([\d, ]*)\]", log_text)
+    return None if not found else [int(x) for x in found[-1].split(",") if x.strip()]
+
+
 def read_records(
     bootstrap: str,
     topic: str,
@@ -113,6 +140,11 @@ def read_records(
 def decision_counts(records: list) -> Counter:
     """``Counter(tx_id -> number of decisions)``."""
     return Counter(json.loads(r.value)["tx_id"] for r in records)
+
+
+def decision_scores(records: list) -> dict[str, float]:
+    """``{tx_id: score}`` of decision records (the last one wins for a duplicated transaction)."""
+    return {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in records}
 
 
 def scrape(port: int, timeout_s: float = 5.0) -> dict[str, float]:
@@ -255,24 +287,12 @@ def reference_scores(bootstrap: str, t, model, n: int) -> dict[str, float]:
     run = ScorerThread(Scorer(cfg, load_model(model.path))).start()
     run.wait_scored(n, timeout_s=300)
     run.stop()
-    return {
-        json.loads(r.value)["tx_id"]: json.loads(r.value)["score"]
-        for r in read_records(bootstrap, ref.output)
-    }
+    return decision_scores(read_records(bootstrap, ref.output))
 
 
 def produce_big(bootstrap: str, topic: str, messages) -> None:
     """``produce`` allowing values up to 4 MB (the poison mix has a 1.5 MB one)."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 << 20)
-    try:
-        futures = [producer.send(topic, key=k, value=v) for k, v in messages]
-        producer.flush()
-        for f in futures:
-            f.get(timeout=30)
-    finally:
-        producer.close()
+    produce(bootstrap, topic, messages, max_request_size=4 << 20)
 
 
 def scorer_rate(bootstrap: str, topics, model, messages, n: int) -> tuple[float, float]:
@@ -347,7 +367,7 @@ def kill9_during_replay(
     started = time.monotonic()
 
     def committed() -> int:
-        return sum(v or 0 for v in committed_offsets(bootstrap, group, topic, partitions).values())
+        return committed_total(bootstrap, group, topic, partitions)
 
     while len(done) < kills:
         if len(done) == startup_kill:

@@ -8,12 +8,11 @@ counts without that partition's days. The escape now waits 30 s.)
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 
 import pytest
-from reliability_support import make_transactions, offline_scores, produce, read_records
+from reliability_support import decision_scores, make_transactions, offline_scores, produce, read_records
 from streaming_support import ScorerThread
 
 from fraudlite.streaming.config import BatchConfig, ServeConfig
@@ -37,7 +36,7 @@ def test_backlog_scores_equal_offline_features(rel_broker, rel_topics, rel_model
     run.wait_scored(N, timeout_s=300)
     run.stop()
     decisions = read_records(rel_broker.bootstrap, t.output, min_count=N, timeout_s=60)
-    scores = {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in decisions}
+    scores = decision_scores(decisions)
     assert len(scores) == N
     offline = offline_scores(data, rel_model)
     off = [k for k in scores if abs(offline[k] - scores[k]) > 1e-4]

@@ -28,8 +28,9 @@ import pytest
 from poison_support import mix_poison, poison_messages
 from reliability_support import (
     ServeProcess,
-    committed_offsets,
+    committed_total,
     decision_counts,
+    decision_scores,
     fraudlite_tracebacks,
     kill9_during_replay,
     make_transactions,
@@ -54,7 +55,7 @@ KILLS = int(os.environ.get("FRAUDLITE_CRASH_KILLS", 5))
 def wait_committed(bootstrap: str, group: str, topic: str, total: int, proc: ServeProcess, timeout_s: float):
     deadline = time.monotonic() + timeout_s
     while True:
-        done = sum(v or 0 for v in committed_offsets(bootstrap, group, topic, 4).values())
+        done = committed_total(bootstrap, group, topic, 4)
         if done >= total:
             return
         assert proc.alive, proc.tail()
@@ -96,7 +97,7 @@ def test_kill_9_at_random_points(rel_broker, rel_topics, rel_model, tmp_path):
     assert not missing, f"{len(missing)} transactions never decided, e.g. {sorted(missing)[:5]}"
     assert len(decisions) == len(valid_ids)
 
-    alerts = Counter(json.loads(r.value)["tx_id"] for r in read_records(bootstrap, t.alerts))
+    alerts = decision_counts(read_records(bootstrap, t.alerts))  # tx_id -> alerts
     assert all(v == 1 for v in alerts.values()), "one alert per alerting transaction"
     dlq = read_records(bootstrap, t.dlq, min_count=len(poison))
     offsets = Counter((dict(r.headers)["fraudlite.source.partition"], dict(r.headers)["fraudlite.source.offset"])
@@ -108,7 +109,7 @@ def test_kill_9_at_random_points(rel_broker, rel_topics, rel_model, tmp_path):
     found = [int(x) for x in re.findall(r"outputs_already_there=(\d+)", text)]
     assert sum(found) > 0, "no kill left a half-committed batch behind: the test proved nothing"
 
-    scores = {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in decisions}
+    scores = decision_scores(decisions)
     offline = offline_scores(data, rel_model, scores)
     off = [k for k in scores if abs(offline[k] - scores[k]) > 1e-4]
     assert not off, f"{len(off)} scores differ from the offline features' (> 1e-4), e.g. {off[:5]}"
@@ -160,7 +161,7 @@ def test_state_survives_a_restart_after_a_replayed_restore(rel_broker, rel_topic
     decisions = read_records(bootstrap, t.output, min_count=n)
     counts = decision_counts(decisions)
     assert len(counts) == n and all(v == 1 for v in counts.values())
-    scores = {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in decisions}
+    scores = decision_scores(decisions)
     expected = reference_scores(bootstrap, t, rel_model, n)
     diff = [k for k in expected if expected[k] != scores[k]]
     assert not diff, f"{len(diff)} decisions differ from an uninterrupted run, e.g. {diff[:5]}"

@@ -6,9 +6,7 @@ batches do not get the member kicked out of the group (the livelock Quix Streams
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -17,9 +15,12 @@ from pathlib import Path
 import pytest
 from reliability_support import (
     ServeProcess,
+    assigned_partitions,
     committed_offsets,
+    committed_total,
     create_topics,
     decision_counts,
+    decision_scores,
     feature_stats,
     fraudlite_tracebacks,
     make_transactions,
@@ -28,11 +29,12 @@ from reliability_support import (
     read_records,
     reference_scores,
     serve_args,
+    unique_topics,
     write_model,
 )
 from streaming_support import ScorerThread
 
-from fraudlite.streaming.config import BatchConfig, ServeConfig, Topics
+from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
 from fraudlite.streaming.serve import make_scorer
@@ -42,19 +44,11 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 6
 
 
-def _assigned(text: str) -> list[int] | None:
-    found = re.findall(r"assigned partitions=\[([\d, ]*)\]", text)
-    return None if not found else [int(x) for x in found[-1].split(",") if x.strip()]
-
-
 def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
     bootstrap = rel_broker.bootstrap
-    u = uuid.uuid4().hex[:6]
-    t = Topics(
-        input=f"rb-in-{u}", output=f"rb-dec-{u}", alerts=f"rb-al-{u}", dlq=f"rb-dlq-{u}", labels=f"rb-lab-{u}"
-    )
+    t = unique_topics("rb")
     create_topics(bootstrap, [t.input, t.labels], PARTITIONS)
-    group = f"rebalance-{u}"
+    group = f"rebalance-{uuid.uuid4().hex[:6]}"
     data = make_transactions(30_000, customers=3000, terminals=2000, days=30, seed=8)
     messages = data.messages()
     args = serve_args(bootstrap, t, rel_model.path, group, ["--partitions", str(PARTITIONS)])
@@ -63,7 +57,7 @@ def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
         for m in members.values():
             m.start()
         deadline = time.monotonic() + 60
-        while not all(_assigned(m.text()) for m in members.values()):
+        while not all(assigned_partitions(m.text()) for m in members.values()):
             assert time.monotonic() < deadline, {k: m.tail() for k, m in members.items()}
             time.sleep(0.2)
         produce(bootstrap, t.input, messages[:2000])  # everyone is scoring before the fault
@@ -80,7 +74,7 @@ def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
         feeder.start()
         time.sleep(2.0)
         victim = members["b"]
-        owned = _assigned(victim.text())
+        owned = assigned_partitions(victim.text())
         at_kill = committed_offsets(bootstrap, group, t.input, PARTITIONS)
         victim.kill9()
         killed_at = time.monotonic()
@@ -97,15 +91,13 @@ def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
             time.sleep(0.2)
         members["d"] = ServeProcess(args, tmp_path / "d.log").start()  # then a new member joins
         deadline = time.monotonic() + 60
-        while not _assigned(members["d"].text()):
+        while not assigned_partitions(members["d"].text()):
             assert time.monotonic() < deadline, members["d"].tail()
             time.sleep(0.2)
         feeder.join(120)
         assert sent.is_set()
         deadline = time.monotonic() + 120
-        while sum(v or 0 for v in committed_offsets(bootstrap, group, t.input, PARTITIONS).values()) < len(
-            messages
-        ):
+        while committed_total(bootstrap, group, t.input, PARTITIONS) < len(messages):
             assert time.monotonic() < deadline, "not every partition reached its end (stuck partition)"
             for name, m in members.items():
                 assert name == "b" or m.alive, m.tail()
@@ -131,7 +123,7 @@ def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
         f"all done {finished - killed_at:.1f}s after the kill"
     )
     assert worst < 45, resumed
-    scores = {json.loads(r.value)["tx_id"]: json.loads(r.value)["score"] for r in decisions}
+    scores = decision_scores(decisions)
     offline = offline_scores(data, rel_model, scores)
     off = [k for k in scores if abs(offline[k] - scores[k]) > 1e-4]
     assert not off, f"{len(off)} scores differ from the offline features' (> 1e-4), e.g. {off[:5]}"

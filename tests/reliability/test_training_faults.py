@@ -38,16 +38,9 @@ WINDOW = ["--train-start", "2026-01-31", "--train-end", "2026-02-28"]
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(train_small):
     """A small generated Parquet file and an MLP trained on it (2 epochs)."""
-    from fraudlite.pipeline.commands import generate, train
-
-    root = tmp_path_factory.mktemp("training-faults")
-    data = root / "tx.parquet"
-    assert generate(str(data), 300, 600, 75, "2026-01-01", 7) == 0
-    model = root / "model"
-    assert train(str(data), {}, "2026-01-31", "2026-02-28", str(model), max_epochs=2) == 0
-    return data, model
+    return train_small("training-faults", max_epochs=2)
 
 
 def _listing(directory: Path) -> list[str]:

@@ -1,7 +1,8 @@
-"""Helpers for scorer tests and the streaming benchmark: a small model directory, synthetic
-transactions, producing them, and a scorer running in a thread.
+"""Helpers for scorer tests and the benchmarks: a small model directory, synthetic transactions,
+producing them, a scorer running in a thread, and a process's memory from ``/proc``.
 
-Not a test module (no ``test_`` prefix); imported by ``test_scorer.py`` and ``benchmarks/bench_streaming.py``.
+Not a test module (no ``test_`` prefix); imported by the tests (``tests/conftest.py`` puts this directory on
+``sys.path``), ``tests/reliability/reliability_support.py`` and the benchmarks.
 """
 
 from __future__ import annotations
@@ -146,11 +147,17 @@ def make_transactions(
     )
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
-    """Produce (key, value) pairs with the default (murmur2) partitioner and wait for every ack."""
+def produce(
+    bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]], **producer_config
+) -> None:
+    """Produce (key, value) pairs with the default (murmur2) partitioner and wait for every ack.
+
+    ``producer_config`` adds to / overrides the ``KafkaProducer`` settings (e.g. ``max_request_size``).
+    """
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+    config = {"linger_ms": 5, "batch_size": 256 * 1024, **producer_config}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in messages]
         producer.flush()
@@ -158,6 +165,16 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
             f.get(timeout=30)
     finally:
         producer.close()
+
+
+def proc_status_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """A memory line of ``/proc/<pid>/status`` in MB (``VmRSS``: resident now, ``VmHWM``: peak resident);
+    NaN when the line is missing. Stdlib only: benchmark workers measure their own footprint with it."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 @dataclass

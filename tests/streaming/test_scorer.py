@@ -78,6 +78,16 @@ def decisions(consume_all, topic: str, n: int, **kw) -> dict[str, dict]:
     return out
 
 
+def reference_decisions(broker, t: Topics, model, consume_all) -> dict[str, dict]:
+    """Decisions of an uninterrupted single-scorer run over ``t.input`` (own group, ``-ref`` outputs)."""
+    ref_topics = Topics(input=t.input, output=t.output + "-ref", alerts=t.alerts + "-ref", dlq=t.dlq + "-ref",
+                        labels=t.labels)  # fmt: skip
+    ref = ScorerThread(Scorer(config(broker, ref_topics, model.path), _load(model.path))).start()
+    ref.wait_scored(N)
+    ref.stop()
+    return decisions(consume_all, ref_topics.output, N)
+
+
 def scrape(port: int) -> dict:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
@@ -195,12 +205,7 @@ def test_restart_mid_stream_restores_state(broker, topics, model, data, consume_
     out = decisions(consume_all, t.output, N)
     assert sorted(out) == sorted(data.tx_id)
 
-    reference_topics = Topics(input=t.input, output=t.output + "-ref", alerts=t.alerts + "-ref", dlq=t.dlq + "-ref",
-                              labels=t.labels)  # fmt: skip
-    ref = ScorerThread(Scorer(config(broker, reference_topics, model.path), _load(model.path))).start()
-    ref.wait_scored(N)
-    ref.stop()
-    expected = decisions(consume_all, reference_topics.output, N)
+    expected = reference_decisions(broker, t, model, consume_all)
     diff = [k for k in expected if out[k]["score"] != expected[k]["score"]]
     assert not diff, f"{len(diff)} decisions differ from an uninterrupted run, e.g. {diff[:3]}"
 
@@ -229,12 +234,7 @@ def test_two_members_share_partitions(broker, topics, model, data, consume_all):
     assert a.scorer.summary.scored > 0 and b.scorer.summary.scored > 0
     out = decisions(consume_all, t.output, N)
     assert sorted(out) == sorted(data.tx_id)
-    ref_topics = Topics(input=t.input, output=t.output + "-ref", alerts=t.alerts + "-ref", dlq=t.dlq + "-ref",
-                        labels=t.labels)  # fmt: skip
-    ref = ScorerThread(Scorer(config(broker, ref_topics, model.path), _load(model.path))).start()
-    ref.wait_scored(N)
-    ref.stop()
-    expected = decisions(consume_all, ref_topics.output, N)
+    expected = reference_decisions(broker, t, model, consume_all)
     diff = [k for k in expected if out[k]["score"] != expected[k]["score"]]
     assert not diff, f"{len(diff)} decisions differ from a single-member run, e.g. {diff[:3]}"
 
