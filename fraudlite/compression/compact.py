@@ -5,9 +5,11 @@ serving or registry process decodes it without torch.
 
 Layout: one bit stream (MSB first, zero-padded to whole bytes) after a 4-byte header ``b"FLc"`` +
 format version. Counts are Elias-gamma codes; floats are written as fp16, bf16 or fp32, whichever of
-them holds the array exactly (the encoder never rounds: see :func:`round_floats` for the lossy step;
-the clustering stage rounds to fp16 itself); an ascending array (a sorted codebook) may instead be
-stored as its first order-preserving key and the key gaps, when that is smaller. Per layer:
+them holds the array exactly, without the low mantissa bits that are zero in every value of the array
+(format 2; the clustering stage rounds centroids, biases and stats to a few mantissa bits, and the
+encoder itself never rounds: see :func:`round_floats` for the lossy step); an ascending array (a sorted
+codebook) may instead be stored as its first order-preserving key and the key gaps, when that is
+smaller. Per layer:
 
 - the bias;
 - the sparse positions of the kept weights (layers with a mask) as *relative* indices: the number of
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 MAGIC = b"FLc"
-_VERSION = 1
+_VERSION = 2  # 2: floats drop their common zero low bits; 1 still decodes
 _F32, _F16, _BF16, _SORTED = 0, 1, 2, 3
 
 
@@ -103,17 +105,29 @@ def _from_order_keys(keys: np.ndarray, width: int) -> np.ndarray:
     return np.where(keys & sign, keys & ~sign & full, ~keys & full)
 
 
+def _zero_low_bits(words: np.ndarray, width: int) -> int:
+    """How many low bits are zero in every word (at most ``width - 1``)."""
+    combined = int(np.bitwise_or.reduce(words)) if words.size else 0
+    if combined == 0:
+        return width - 1
+    return min((combined & -combined).bit_length() - 1, width - 1)
+
+
 def _write_floats(w: BitWriter, a: np.ndarray) -> None:
-    """Raw fp16/bf16/fp32 words (2-bit tag), or — for ascending arrays such as sorted codebooks, when it
-    is smaller — tag 3, the word kind, the first order-preserving key and the key gaps (integer coder)."""
+    """fp16/bf16/fp32 words (2-bit tag) without their common zero low bits (gamma count), stored raw or
+    — for ascending arrays such as sorted codebooks, when it is smaller — as tag 3, the word kind, the
+    first order-preserving key and the key gaps (integer coder)."""
     a = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     kind = _float_kind(a)
     words, width = _words(a, kind)
+    low = _zero_low_bits(words, width)
+    words, width = words >> np.uint64(low), width - low  # the sign stays the top bit: order is kept
     if len(a) >= 3:
         keys = _order_keys(words, width)
         if np.all(np.diff(keys.astype(np.int64)) >= 0):
             sorted_w = BitWriter()
             sorted_w.write(kind, 2)
+            sorted_w.gamma(low)
             sorted_w.write(int(keys[0]), width)
             encode_ints(sorted_w, np.diff(keys.astype(np.int64)))
             if sorted_w.n_bits < width * len(a):
@@ -121,24 +135,30 @@ def _write_floats(w: BitWriter, a: np.ndarray) -> None:
                 w.write_bits("".join(sorted_w._parts))
                 return
     w.write(kind, 2)
+    w.gamma(low)
     w.write_array(words, width)
 
 
-def _read_floats(r: BitReader, count: int) -> np.ndarray:
+def _read_floats(r: BitReader, count: int, version: int = _VERSION) -> np.ndarray:
     kind = r.read(2)
-    if kind == _SORTED:
+    ascending = kind == _SORTED
+    if ascending:
         kind = r.read(2)
         if kind == _SORTED:
             raise ModelDirError("compact artifact is corrupt (unknown float format)")
-        width = 16 if kind in (_F16, _BF16) else 32
+    full = 16 if kind in (_F16, _BF16) else 32
+    low = r.gamma(limit=full - 1) if version >= 2 else 0
+    width = full - low
+    if ascending:
         first = r.read(width)
         gaps = decode_ints(r, count - 1)
         keys = np.concatenate([[first], first + np.cumsum(gaps)]).astype(np.uint64)
         if keys.size and int(keys[-1]) >> width:
             raise ModelDirError("compact artifact is corrupt (float keys out of range)")
-        return _from_words(_from_order_keys(keys, width), kind)
-    width = 16 if kind in (_F16, _BF16) else 32
-    return _from_words(r.read_array(count, width), kind)
+        words = _from_order_keys(keys, width)
+    else:
+        words = r.read_array(count, width).astype(np.uint64)
+    return _from_words(words << np.uint64(low), kind)
 
 
 def _write_blob(w: BitWriter, obj) -> None:
@@ -238,21 +258,22 @@ def decode_compact(data: bytes) -> CompressedMLP:
     data = bytes(data)
     if data[:3] != MAGIC:
         raise ModelDirError("not a fraudlite compact artifact (bad magic)")
-    if len(data) < 4 or data[3] != _VERSION:
+    if len(data) < 4 or data[3] not in (1, _VERSION):
         raise ModelDirError(f"unsupported compact artifact version {data[3] if len(data) > 3 else None}")
+    version = data[3]
     r = BitReader(data[4:])
     flags = r.read(2)
     n_layers = r.gamma(limit=1024) + 1
     n_features = r.gamma(limit=1 << 20) + 1
     widths = [n_features] + [r.gamma(limit=1 << 20) + 1 for _ in range(n_layers - 1)] + [1]
-    mean = _read_floats(r, n_features)
-    std = _read_floats(r, n_features)
+    mean = _read_floats(r, n_features, version)
+    std = _read_floats(r, n_features, version)
     layers, masks, codebooks = [], [], []
     for i in range(n_layers):
         shape = (widths[i + 1], widths[i])
         size = shape[0] * shape[1]
         has = r.read(2)
-        bias = _read_floats(r, shape[0])
+        bias = _read_floats(r, shape[0], version)
         mask = None
         if has & 1:
             n_kept = r.gamma(limit=size)
@@ -266,7 +287,7 @@ def decode_compact(data: bytes) -> CompressedMLP:
         cb = None
         if has & 2:
             k = r.gamma(limit=255) + 1
-            centroids = _read_floats(r, k)
+            centroids = _read_floats(r, k, version)
             n = size if mask is None else int(mask.sum())
             idx = decode_ints(r, n, alphabet=k)
             if n and idx.max() >= k:
@@ -282,7 +303,7 @@ def decode_compact(data: bytes) -> CompressedMLP:
             cb = (centroids, indices.reshape(shape))
         else:
             n = size if mask is None else int(mask.sum())
-            values = _read_floats(r, n)
+            values = _read_floats(r, n, version)
             if mask is None:
                 weight = values
             else:

@@ -94,7 +94,9 @@ early_stopping = false
 [[stage]]
 name = "prune"
 optional = true
-sparsity = 0.6
+sparsity = 0.5
+prune_epochs = 10  # measured: 4 + 10 epochs at 60% lost ~0.004 AP more on later weeks than 10 + 30
+finetune_epochs = 30
 kd_teacher = "source"  # distil from the original model, not from the student (no drift stage to stage)
 kd_alpha = 0.9
 kd_temperature = 1.0
@@ -103,19 +105,22 @@ early_stopping = false
 [[stage]]
 name = "cluster"
 k = 16
-ste_epochs = 5  # clustering-aware training first: k-means alone lost up to ~0.13 AP before fine-tuning
-finetune_epochs = 10
+ste_epochs = 10  # clustering-aware training first: k-means alone lost up to ~0.13 AP before fine-tuning
+finetune_epochs = 20
 kd_teacher = "source"
 kd_alpha = 0.9
 kd_temperature = 1.0
 early_stopping = false
+mantissa_bits = 4  # centroids, biases and std: measured < 0.001 AP for ~65 B (of ~520) vs full fp16
 pow2_stats = false  # measured: power-of-two stats folded into layer 0 cost ~0.01 AP at k = 16..32
 # center_stats (default): the mean folds into the first bias, exactly
 
 [search]
 budget = [0.4, 0.8, 1.0]  # cumulative share of --max-ap-drop per stage (distillation is nearly free)
 "distill.hidden" = [[24, 12], [32, 16]]
-"prune.sparsity" = [0.6, 0.55, 0.5, 0.45, 0.4]
+# measured on the weeks after the validation window: 60% sparsity lost 0.006-0.012 AP there while the
+# validation window showed 0.002, so the search starts at 50%
+"prune.sparsity" = [0.5, 0.45, 0.4]
 "cluster.k" = [16, 24, 32]
 
 [export]

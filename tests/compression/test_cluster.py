@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fraudlite.compression.cluster import (
     ClusterConfig,
@@ -183,6 +185,33 @@ def test_center_standardization_is_exact_and_keeps_weights(make_state, stage_dat
     X = stage_data.X_valid[:2000] / 50
     np.testing.assert_allclose(out.logits(X), state.logits(X), rtol=1e-4, atol=1e-4)
     assert center_standardization(out) is out
+
+
+def test_center_standardization_can_round_the_std_exactly(make_state, stage_data):
+    from fraudlite.compression.cluster import center_standardization
+
+    state = make_state(sparsity=0.5)
+    out = center_standardization(state, std_mantissa_bits=3)
+    low_bits = out.std.astype(np.float16).view(np.uint16) & np.uint16(0x7F)
+    assert np.all(out.mean == 0) and not low_bits.any() and not np.array_equal(out.std, state.std)
+    assert np.array_equal(out.masks[0], state.masks[0]) and np.all(out.layers[0][0][~out.masks[0]] == 0)
+    X = stage_data.X_valid[:2000] / 50
+    np.testing.assert_allclose(out.logits(X), state.logits(X), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-3e4, 3e4, allow_nan=False, width=32), min_size=1, max_size=50), st.integers(0, 10))
+def test_round_half_keeps_mantissa_bits_and_rounds_to_nearest(values: list[float], bits: int):
+    from fraudlite.compression.standardization import round_half as round_array
+
+    a = np.array(values, dtype=np.float32)
+    out = round_array(a, bits)
+    words = out.astype(np.float16).view(np.uint16)
+    assert not np.any(words & np.uint16((1 << (10 - bits)) - 1))
+    half = a.astype(np.float16).astype(np.float32)
+    # within half a step of the kept mantissa (relative to the magnitude), or subnormal-sized
+    assert np.all(np.abs(out - half) <= np.maximum(np.abs(half) * 2.0 ** -(bits + 1), 2.0**-14))
+    assert np.array_equal(round_array(a, 10), half)
 
 
 def test_sorted_codebooks_keep_pruned_indices_zero():

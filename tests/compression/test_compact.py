@@ -202,14 +202,15 @@ def test_decoding_needs_neither_torch_nor_pandas(make_state, tmp_path) -> None:
     st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=0, max_size=80),
     st.sampled_from(FLOAT_KINDS),
     st.booleans(),
+    st.integers(0, 10),
 )
-def test_float_arrays_round_trip_sorted_or_not(values: list[float], kind: str, sort: bool) -> None:
+def test_float_arrays_round_trip_sorted_or_not(values: list[float], kind: str, sort: bool, bits: int) -> None:
     from fraudlite.compression.compact import _read_floats, _write_floats
+    from fraudlite.compression.standardization import round_half
 
-    a = _floats(np.random.default_rng(0), 0, kind)  # dtype helper for an empty array
     a = np.array(values, dtype=np.float32)
-    if kind == "fp16":
-        a = a.astype(np.float16).astype(np.float32)
+    if kind == "fp16":  # with 0..10 mantissa bits: the encoder drops the zero low bits
+        a = round_half(a, bits)
     elif kind == "bf16":
         a = (a.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
     if sort:
@@ -229,3 +230,37 @@ def test_sorted_codebooks_cost_less_than_raw_words() -> None:
     w = BitWriter()
     _write_floats(w, centroids)
     assert w.n_bits < 0.85 * 16 * len(centroids)
+
+
+def test_floats_with_fewer_mantissa_bits_cost_fewer_bits() -> None:
+    from fraudlite.compression.compact import _write_floats
+    from fraudlite.compression.standardization import round_half
+
+    raw = np.random.default_rng(3).standard_normal(40).astype(np.float32)
+    cost = {}
+    for bits in (10, 7, 4):
+        w = BitWriter()
+        _write_floats(w, round_half(raw, bits))
+        cost[bits] = w.n_bits
+    # unsorted: 2-bit tag + the zero-bit count + (6 + bits) bits per value
+    assert cost[10] == 2 + 1 + 16 * 40
+    assert cost[4] <= 2 + 7 + 10 * 40
+    assert cost[4] < cost[7] < cost[10]
+
+
+# written by format version 1 (before floats dropped their zero low bits): a [3, 4, 1] model, layer 0
+# 40% pruned, k = 3 codebooks, fp16 floats. Registries may hold such artifacts; they still decode.
+_V1_ARTIFACT = bytes.fromhex(
+    "464c63011326c0000027c0068008401a42cd5be933fc58e6741d41b73fa6fac7ab880c5b63ca5006dfcddea25ba920b2"
+)
+
+
+def test_format_version_1_artifacts_still_decode() -> None:
+    back = decode_compact(_V1_ARTIFACT)
+    assert back.hidden == (4,) and back.n_features == 3
+    assert back.layers[1][0].tolist() == [[-1.31640625, -0.45751953125, -1.9013671875, -1.31640625]]
+    assert back.std.tolist() == [1.5, 0.25, 3.0]
+    assert back.masks[0].sum() == 6
+    np.testing.assert_allclose(back.logits(np.float32([[1, 2, 3]])), [-23.741798], rtol=1e-6)
+    assert encode_compact(back)[3] == 2  # re-encoding writes the current format
+    assert decode_compact(encode_compact(back)).equals(back)
