@@ -207,6 +207,8 @@ def compress_model_dir(
     runnables["final"] = runnable
     speed = reporting.measure_speed(runnables, data.X_valid)
     stage_states.append(("final", final, final_metrics))
+    agreements = [1.0] + [t.agreement for t in result.accepted]
+    agreements.append(agreements[-1])  # the runnable holds the last accepted weights
     rows = []
     for i, ((name, state, metrics), key) in enumerate(zip(stage_states, keys, strict=True)):
         rows.append(
@@ -221,6 +223,7 @@ def compress_model_dir(
                 "ap_drop": source_ap - metrics["average_precision"],
                 "roc_auc": metrics["roc_auc"],
                 "card_precision_at_100": metrics["card_precision_at_100"],
+                "top_agreement": agreements[i],
                 "rows_per_s_b1": speed[key][1],
                 "rows_per_s_b256": speed[key][256],
                 "accepted": True,

@@ -176,6 +176,7 @@ _COLUMNS = [
     ("AP drop", "{:+.4f}"),
     ("AUC", "{:.4f}"),
     ("CP@100", "{:.3f}"),
+    ("top-1% agree", "{:.3f}"),
     ("rows/s b1", "{:,.0f}"),
     ("rows/s b256", "{:,.0f}"),
 ]
@@ -183,8 +184,9 @@ _COLUMNS = [
 
 def stage_table(rows: Sequence[Mapping]) -> str:
     """A markdown table of per-stage rows (keys: stage, hidden, n_params, n_kept_weights, compact_bytes,
-    runnable_bytes, average_precision, ap_drop, roc_auc, card_precision_at_100, rows_per_s_b1,
-    rows_per_s_b256; a missing value prints as ``-``)."""
+    runnable_bytes, average_precision, ap_drop, roc_auc, card_precision_at_100, top_agreement (share of
+    the source's top-1% training rows also in this model's top 1%), rows_per_s_b1, rows_per_s_b256; a
+    missing value prints as ``-``)."""
     keys = [
         "stage",
         "hidden",
@@ -196,6 +198,7 @@ def stage_table(rows: Sequence[Mapping]) -> str:
         "ap_drop",
         "roc_auc",
         "card_precision_at_100",
+        "top_agreement",
         "rows_per_s_b1",
         "rows_per_s_b256",
     ]

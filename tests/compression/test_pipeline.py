@@ -33,6 +33,7 @@ finetune_epochs = 1
 
 [[stage]]
 name = "cluster"
+restarts = 2
 k = 8
 finetune_epochs = 1
 
@@ -239,3 +240,17 @@ def test_optional_stage_is_skipped_and_reported(small, frame, tmp_path) -> None:
     report = json.loads(md.file("compression_report").read_text())
     assert report["skipped_stages"][0]["smallest_ap_drop"] > 0.05
     assert "skipped" in md.file("compression_report_md").read_text()
+
+
+def test_restarts_keep_the_run_that_agrees_best_with_the_source(compressed) -> None:
+    md, lines = compressed
+    report = json.loads(md.file("compression_report").read_text())
+    cluster = [t for t in report["trials"] if t["stage"] == "cluster"]
+    assert cluster and all(len(t["restart_agreements"]) == 2 for t in cluster)
+    assert all(t["top_agreement"] == max(t["restart_agreements"]) for t in cluster)
+    assert all("restart_agreements" not in t for t in report["trials"] if t["stage"] != "cluster")
+    assert any("restart 2/2 seed 1" in line and "top-1% agreement" in line for line in lines)
+    rows = {r["stage"]: r for r in report["stages"]}
+    assert rows["source"]["top_agreement"] == 1.0
+    assert rows["cluster"]["top_agreement"] == cluster[-1]["top_agreement"]
+    assert "top-1% agree" in md.file("compression_report_md").read_text()

@@ -97,6 +97,17 @@ def test_optional_flag() -> None:
         parse_recipe('[[stage]]\nname = "prune"\noptional = "yes"\n')
 
 
+def test_restarts_setting() -> None:
+    recipe = parse_recipe('[[stage]]\nname = "cluster"\nrestarts = 3\nk = 8\n')
+    assert recipe.stages[0].restarts == 3 and recipe.stages[0].settings == {"k": 8}
+    assert recipe.to_dict()["stages"][0]["restarts"] == 3
+    assert "restarts" not in parse_recipe('[[stage]]\nname = "cluster"\n').to_dict()["stages"][0]
+    assert default_recipe().stages[2].restarts == 3
+    for bad in ("0", "true", "2.5", '"3"'):
+        with pytest.raises(ConfigError, match="restarts must be an integer"):
+            parse_recipe(f'[[stage]]\nname = "cluster"\nrestarts = {bad}\n')
+
+
 def test_budget_schedule() -> None:
     text = '[[stage]]\nname = "prune"\n[[stage]]\nname = "cluster"\n[[stage]]\nname = "distill"\n'
     proportional = parse_recipe(text)
