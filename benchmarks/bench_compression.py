@@ -247,6 +247,7 @@ def run(workdir: Path) -> str:
     drop_v = base_v["average_precision"] - our_v["average_precision"]
     drop_t = base_t["average_precision"] - our_t["average_precision"]
     ort_ap_v = metrics["ORT quantize_dynamic int8"][0]["average_precision"]
+    ort_ap_t = metrics["ORT quantize_dynamic int8"][1]["average_precision"]
     sd_v, sd_t = _drop_sd(compressed, df, w, scores["fp32 ONNX (trained)"], scores["ours: runnable ONNX"])
     checks = [
         (
@@ -272,12 +273,11 @@ def run(workdir: Path) -> str:
         ),
         (
             f"compact >= 5x smaller than ORT dynamic int8 ({len(ort_dynamic) / len(compact):.1f}x) at equal or "
-            f"better validation AP ({our_v['average_precision']:.4f} vs {ort_ap_v:.4f})",
-            len(ort_dynamic) / len(compact) >= 5 and our_v["average_precision"] >= ort_ap_v,
-        ),
-        (
-            f"runnable vs ORT dynamic int8: {len(ort_dynamic) / len(ours):.1f}x smaller",
-            len(ort_dynamic) / len(ours) >= 5,
+            f"better AP on both windows (validation {our_v['average_precision']:.4f} vs {ort_ap_v:.4f}, test "
+            f"{our_t['average_precision']:.4f} vs {ort_ap_t:.4f})",
+            len(ort_dynamic) / len(compact) >= 5
+            and our_v["average_precision"] >= ort_ap_v
+            and our_t["average_precision"] >= ort_ap_t,
         ),
         (
             f"compact artifact decodes bit-exactly; max |score diff| runnable vs decoded: {compact_diff:.1e}",
@@ -286,6 +286,10 @@ def run(workdir: Path) -> str:
     ]
     lines += ["", "Acceptance (issue 3):", ""]
     lines += [f"- [{'x' if ok else ' '}] {text}" for text, ok in checks]
+    lines.append(
+        f"- (for information) the runnable ONNX is {len(ort_dynamic) / len(ours):.1f}x smaller than ORT dynamic "
+        "int8; the form a registry stores and ships is the compact artifact"
+    )
     lines += [
         "",
         f"Final model: hidden {final['hidden']}, {final['n_kept_weights']:,} of {final['n_params']:,} parameters kept "

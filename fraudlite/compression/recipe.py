@@ -89,7 +89,7 @@ name = "distill"
 optional = true
 hidden = [24, 12]
 init = "auto"  # start from the teacher structurally pruned to the student's widths
-epochs = 40
+epochs = 80  # measured: 80 epochs agreed more with the teacher than 40 and lost ~0.002 AP less on every window
 early_stopping = false
 
 [[stage]]
