@@ -27,7 +27,10 @@ SECTIONS = [
     "bench_retrain",
     "bench_reliability",
 ]
-EXTRA = ["bench_soak"]  # `make soak` (ten minutes): kept in RESULTS.md, never run by `make bench`
+EXTRA = [
+    "bench_soak",
+    "bench_compression_seeds",
+]  # long (`make soak`; ~15 min): kept, never run by `make bench`
 MARK = "<!-- section: {} -->"
 
 
