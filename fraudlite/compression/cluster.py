@@ -76,7 +76,8 @@ class ClusterConfig:
             in 2..256 whose k-means-only validation AP drop (one layer at a time, see
             :func:`cluster_sensitivity`) is <= this; ``k`` is then ignored.
         init: ``"linear"`` (over [min, max], default) or ``"density"`` (quantiles).
-        weighting: ``"none"`` or ``"fisher"`` (importance-weighted centroids, see :func:`fisher_diagonal`).
+        weighting: ``"none"`` or ``"fisher"`` (importance-weighted centroids, see :func:`fisher_diagonal`;
+            plain k-means only: with ``ste_epochs > 0`` the clustering-aware training fits the centroids).
         max_iter: Lloyd iterations.
         finetune_epochs: centroid fine-tuning epochs, early-stopped on validation AP (0 = none).
         train_biases: fine-tune biases together with the centroids.
@@ -452,11 +453,6 @@ def cluster_stage(
         table = cluster_sensitivity(source, data.X_valid, data.y_valid, _AUTO_KS, config.init)
         chosen = {**choose_per_layer_k(table, config.auto_k_max_drop), **(config.per_layer_k or {})}
         config = replace(config, per_layer_k=chosen)
-    importance = (
-        fisher_diagonal(source, data.X_train, data.y_train, seed=config.seed)
-        if config.weighting == "fisher"
-        else None
-    )
     if int(config.ste_epochs) > 0:
         from fraudlite.compression.cluster_ste import apply_ste_training
 
@@ -464,6 +460,11 @@ def cluster_stage(
         source, codebooks = apply_ste_training(source, data, config, progress, teacher)
         clustered = apply_clustering(source, codebooks)
     else:
+        importance = (
+            fisher_diagonal(source, data.X_train, data.y_train, seed=config.seed)
+            if config.weighting == "fisher"
+            else None
+        )
         clustered = apply_clustering(source, compute_codebooks(source, config, importance))
     ap_kmeans = ap_of(clustered, data.X_valid, data.y_valid)
     tuned = finetune_centroids(clustered, data, config, progress, teacher=frozen_teacher(state, config, data))
