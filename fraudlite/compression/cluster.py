@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fraudlite.compression.compact import round_to_float16
 from fraudlite.compression.finetune import (
     ap_of,
     check_training,
@@ -37,7 +38,6 @@ from fraudlite.compression.finetune import (
 )
 from fraudlite.compression.kmeans import INITS, check_k, compute_codebook
 from fraudlite.compression.standardization import center_standardization, pow2_standardization
-from fraudlite.compression.standardization import round_half as _round_array
 from fraudlite.compression.state import Codebook, CompressedMLP, StageData, stage_record
 from fraudlite.errors import ConfigError
 
@@ -376,12 +376,12 @@ def round_half(state: CompressedMLP, mantissa_bits: int = 10) -> CompressedMLP:
         ConfigError: when a value overflows float16.
     """
     out = state.copy()
-    out.mean, out.std = _round_array(out.mean), _round_array(out.std)
+    out.mean, out.std = round_to_float16(out.mean), round_to_float16(out.std)
     if (out.std <= 0).any():
         raise ConfigError("a standardization std rounds to 0 in float16; disable half_precision")
 
     def rnd(a: np.ndarray) -> np.ndarray:
-        return _round_array(a, mantissa_bits)
+        return round_to_float16(a, mantissa_bits)
 
     codebooks = [None if cb is None else (rnd(cb[0]), cb[1]) for cb in out.codebooks]
     layers = []

@@ -51,6 +51,7 @@ __all__ = [
     "decode_compact",
     "compact_breakdown",
     "round_floats",
+    "round_to_float16",
     "huffman_code_lengths",
     "encode_ints",
     "decode_ints",
@@ -402,3 +403,24 @@ def round_floats(c: CompressedMLP, dtype: str = "float16") -> CompressedMLP:
         layers.append((weight, rnd(bias)))
     out.layers = layers
     return out
+
+
+def round_to_float16(a: np.ndarray, mantissa_bits: int = 10) -> np.ndarray:
+    """``a`` rounded (to nearest, ties to even) to float16 values with ``mantissa_bits`` of the 10 mantissa
+    bits, as float32; the compact encoder stores such arrays without the zero low bits.
+
+    Raises:
+        ConfigError: ``mantissa_bits`` outside 0..10, or a value that overflows float16.
+    """
+    if not 0 <= int(mantissa_bits) <= 10:
+        raise ConfigError(f"mantissa_bits must be in 0..10, got {mantissa_bits}")
+    with np.errstate(over="ignore"):
+        words = np.asarray(a, dtype=np.float32).astype(np.float16).view(np.uint16).astype(np.uint32)
+    drop = 10 - int(mantissa_bits)
+    if drop:  # sign-magnitude: rounding the magnitude bits rounds |x|; a carry moves into the exponent
+        half_ulp = (1 << (drop - 1)) - 1
+        words = (words + half_ulp + ((words >> drop) & 1)) >> drop << drop
+    out = words.astype(np.uint16).view(np.float16)
+    if not np.isfinite(out).all():
+        raise ConfigError("a value overflows float16; disable half_precision")
+    return out.astype(np.float32)

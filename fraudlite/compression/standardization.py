@@ -3,38 +3,18 @@
 
 - :func:`pow2_standardization`: mean 0 and each std a power of two, the difference folded into layer 0.
 - :func:`center_standardization`: the mean folded into the first bias; optionally each std rounded to a
-  float16 with few mantissa bits (:func:`round_half`), the ratio folded into layer 0's columns.
+  float16 with few mantissa bits (:func:`~fraudlite.compression.compact.round_to_float16`), the ratio folded into layer 0's columns.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from fraudlite.compression.compact import round_to_float16
 from fraudlite.compression.state import CompressedMLP
 from fraudlite.errors import ConfigError
 
-__all__ = ["pow2_standardization", "center_standardization", "round_half"]
-
-
-def round_half(a: np.ndarray, mantissa_bits: int = 10) -> np.ndarray:
-    """``a`` rounded (to nearest, ties to even) to float16 values with ``mantissa_bits`` of the 10 mantissa
-    bits, as float32; the compact encoder stores such arrays without the zero low bits.
-
-    Raises:
-        ConfigError: ``mantissa_bits`` outside 0..10, or a value that overflows float16.
-    """
-    if not 0 <= int(mantissa_bits) <= 10:
-        raise ConfigError(f"mantissa_bits must be in 0..10, got {mantissa_bits}")
-    with np.errstate(over="ignore"):
-        words = np.asarray(a, dtype=np.float32).astype(np.float16).view(np.uint16).astype(np.uint32)
-    drop = 10 - int(mantissa_bits)
-    if drop:  # sign-magnitude: rounding the magnitude bits rounds |x|; a carry moves into the exponent
-        half_ulp = (1 << (drop - 1)) - 1
-        words = (words + half_ulp + ((words >> drop) & 1)) >> drop << drop
-    out = words.astype(np.uint16).view(np.float16)
-    if not np.isfinite(out).all():
-        raise ConfigError("a value overflows float16; disable half_precision")
-    return out.astype(np.float32)
+__all__ = ["pow2_standardization", "center_standardization"]
 
 
 def pow2_standardization(state: CompressedMLP) -> CompressedMLP:
@@ -65,7 +45,7 @@ def pow2_standardization(state: CompressedMLP) -> CompressedMLP:
 
 def center_standardization(state: CompressedMLP, std_mantissa_bits: int | None = None) -> CompressedMLP:
     """The same function with ``mean = 0``: ``b0 -= W0 @ (mean / std)``. With ``std_mantissa_bits`` each
-    std also becomes ``round_half(std, bits)`` and layer 0's columns absorb the ratio (< 2^-bits off 1,
+    std also becomes ``round_to_float16(std, bits)`` and layer 0's columns absorb the ratio (< 2^-bits off 1,
     so clustering hardly notices, unlike the power-of-two stats); without, the weights (and so their
     masks and codebooks) are unchanged. Exact in real arithmetic (float32 rounding aside).
 
@@ -73,7 +53,9 @@ def center_standardization(state: CompressedMLP, std_mantissa_bits: int | None =
         ConfigError: ``std_mantissa_bits`` with layer 0 already clustered.
     """
     std = np.where(np.isfinite(state.std) & (state.std > 0), state.std, np.float32(1)).astype(np.float64)
-    new_std = std if std_mantissa_bits is None else round_half(std, std_mantissa_bits).astype(np.float64)
+    new_std = (
+        std if std_mantissa_bits is None else round_to_float16(std, std_mantissa_bits).astype(np.float64)
+    )
     if not np.any(state.mean) and np.array_equal(new_std, state.std):
         return state
     if std_mantissa_bits is not None and state.codebooks[0] is not None:

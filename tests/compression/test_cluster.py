@@ -202,7 +202,7 @@ def test_center_standardization_can_round_the_std_exactly(make_state, stage_data
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(-3e4, 3e4, allow_nan=False, width=32), min_size=1, max_size=50), st.integers(0, 10))
 def test_round_half_keeps_mantissa_bits_and_rounds_to_nearest(values: list[float], bits: int):
-    from fraudlite.compression.standardization import round_half as round_array
+    from fraudlite.compression.compact import round_to_float16 as round_array
 
     a = np.array(values, dtype=np.float32)
     out = round_array(a, bits)

@@ -206,7 +206,7 @@ def test_decoding_needs_neither_torch_nor_pandas(make_state, tmp_path) -> None:
 )
 def test_float_arrays_round_trip_sorted_or_not(values: list[float], kind: str, sort: bool, bits: int) -> None:
     from fraudlite.compression.compact import _read_floats, _write_floats
-    from fraudlite.compression.standardization import round_half
+    from fraudlite.compression.compact import round_to_float16 as round_half
 
     a = np.array(values, dtype=np.float32)
     if kind == "fp16":  # with 0..10 mantissa bits: the encoder drops the zero low bits
@@ -234,7 +234,7 @@ def test_sorted_codebooks_cost_less_than_raw_words() -> None:
 
 def test_floats_with_fewer_mantissa_bits_cost_fewer_bits() -> None:
     from fraudlite.compression.compact import _write_floats
-    from fraudlite.compression.standardization import round_half
+    from fraudlite.compression.compact import round_to_float16 as round_half
 
     raw = np.random.default_rng(3).standard_normal(40).astype(np.float32)
     cost = {}
