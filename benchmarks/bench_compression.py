@@ -46,6 +46,27 @@ RELAXED_AP_DROP = 0.02
 SCORE_BATCH = 256
 
 
+def default_data_and_model(workdir: Path):
+    """``(df, day, windows, source ModelDir, features of every row)``: the default generated data and the MLP
+    `fraudlite train` makes of it (or FRAUDLITE_BENCH_DATA / FRAUDLITE_BENCH_DAYS / FRAUDLITE_BENCH_MODEL)."""
+    data = Path(os.environ.get("FRAUDLITE_BENCH_DATA", workdir / "default.parquet"))
+    if not data.exists():
+        config = SimulatorConfig()
+        if os.environ.get("FRAUDLITE_BENCH_DAYS"):
+            config = SimulatorConfig(n_days=int(os.environ["FRAUDLITE_BENCH_DAYS"]))
+        write_table(simulate(config), data)
+    df = load_transactions(data, require_label=True)
+    day = day_of(df["ts"].to_numpy())
+    w = default_windows(int(day.min()), int(day.max()))
+    if os.environ.get("FRAUDLITE_BENCH_MODEL"):
+        source = ModelDir.load(os.environ["FRAUDLITE_BENCH_MODEL"])
+        return df, day, w, source, features_for(source.spec, df)
+    spec = FeatureSpec()
+    cfg = TrainConfig(w.train_start, w.train_end)
+    prepared = prepare_training_data(df, cfg, spec)
+    return df, day, w, train_model(prepared, cfg, spec, workdir / "trained"), prepared.X
+
+
 def _fair_metrics(md: ModelDir, df, w, scores: np.ndarray) -> tuple[dict, dict]:
     """(validation, test) metrics of full-file scores; test excludes known-compromised cards."""
     from fraudlite.pipeline.data import parse_day
@@ -122,25 +143,8 @@ def run(workdir: Path) -> str:
     lines = ["## Compression (issue 3)", ""]
 
     # 1. data and the trained model (`fraudlite generate` / `fraudlite train` defaults)
-    data = Path(os.environ.get("FRAUDLITE_BENCH_DATA", workdir / "default.parquet"))
-    if not data.exists():
-        config = SimulatorConfig()
-        if os.environ.get("FRAUDLITE_BENCH_DAYS"):
-            config = SimulatorConfig(n_days=int(os.environ["FRAUDLITE_BENCH_DAYS"]))
-        write_table(simulate(config), data)
-    df = load_transactions(data, require_label=True)
-    day = day_of(df["ts"].to_numpy())
-    w = default_windows(int(day.min()), int(day.max()))
-    spec = FeatureSpec()
     t0 = time.perf_counter()
-    if os.environ.get("FRAUDLITE_BENCH_MODEL"):
-        source = ModelDir.load(os.environ["FRAUDLITE_BENCH_MODEL"])
-        X = features_for(source.spec, df)
-    else:
-        cfg = TrainConfig(w.train_start, w.train_end)
-        prepared = prepare_training_data(df, cfg, spec)
-        source = train_model(prepared, cfg, spec, workdir / "trained")
-        X = prepared.X
+    df, day, w, source, X = default_data_and_model(workdir)
     train_s = time.perf_counter() - t0
 
     # 2. compress with the built-in recipe

@@ -17,17 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_compression import MAX_AP_DROP, _fair_metrics
+from bench_compression import MAX_AP_DROP, _fair_metrics, default_data_and_model
 
 from fraudlite.compression.pipeline import compress_model_dir
 from fraudlite.compression.recipe import default_recipe
 from fraudlite.compression.search import SearchError
-from fraudlite.features.spec import FeatureSpec
-from fraudlite.pipeline.data import day_of, load_transactions, write_table
-from fraudlite.pipeline.demo import default_windows
-from fraudlite.pipeline.evaluation import features_for
-from fraudlite.pipeline.simulator import SimulatorConfig, simulate
-from fraudlite.pipeline.training import TrainConfig, prepare_training_data, train_model
 from fraudlite.runtime import OnnxScorer
 
 
@@ -43,16 +37,7 @@ def _seeded(seed: int):
 def run(workdir: Path) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in os.environ.get("FRAUDLITE_BENCH_SEEDS", "0 3 6").split()]
-    data = workdir / "default.parquet"
-    write_table(simulate(SimulatorConfig()), data)
-    df = load_transactions(data, require_label=True)
-    day = day_of(df["ts"].to_numpy())
-    w = default_windows(int(day.min()), int(day.max()))
-    cfg = TrainConfig(w.train_start, w.train_end)
-    source = train_model(
-        prepare_training_data(df, cfg, FeatureSpec()), cfg, FeatureSpec(), workdir / "trained"
-    )
-    X = features_for(source.spec, df)
+    df, _, w, source, X = default_data_and_model(workdir)
     base_v, base_t = _fair_metrics(source, df, w, OnnxScorer(source.onnx_path).score(X, batch_size=256))
     source_bytes = source.bytes_by_role()["onnx"]
     rows, drops_v, drops_t = [], [], []
