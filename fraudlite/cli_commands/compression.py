@@ -33,7 +33,7 @@ def add_compression(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="trained MLP model directory (with weights)")
     add_data_args(p)
     p.add_argument("--out", required=True, help="compressed model directory to write (atomically)")
-    p.add_argument("--recipe", help="recipe TOML: [[stage]] tables in order, [search], [export], [data] "
+    p.add_argument("--recipe", help="recipe TOML: [[stage]] tables in order, [search], [export], [data], [teacher] "
                    "(default: the built-in recipe)")  # fmt: skip
     p.add_argument(
         "--max-ap-drop",

@@ -50,6 +50,8 @@ class DistillConfig:
         lr, weight_decay, batch_size, patience, dropout, seed: training settings.
         early_stopping: keep the best validation epoch (True) or train all ``epochs`` on the cosine
             schedule and keep the last weights (False: validation AP then stays unbiased for the search).
+        kd_teacher: the stage's teacher: its input model (``"input"``) or the teacher of the whole run
+            (``"source"``: the model compression started from, or the recipe's teacher ensemble).
     """
 
     hidden: tuple[int, ...] = (32, 16)
@@ -66,6 +68,7 @@ class DistillConfig:
     early_stopping: bool = True
     dropout: float = 0.0
     seed: int = 0
+    kd_teacher: str = "input"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", parse_hidden(self.hidden))
@@ -211,13 +214,15 @@ def distill_stage(
     progress: Callable[[str], None] | None = None,
     teacher: object = None,
 ) -> CompressedMLP:
-    """The distillation stage: ``state`` (or an explicit ``teacher``) teaches a fresh student.
+    """The distillation stage: ``state`` (or an explicit ``teacher``, or with ``kd_teacher = "source"``
+    ``data.teacher`` when known) teaches a fresh student.
 
     Masks, codebooks and quantization of the input state do not carry over (the student is dense);
     distillation belongs first in a recipe.
     """
     config = config or DistillConfig()
-    teacher = state if teacher is None else teacher
+    if teacher is None:
+        teacher = data.teacher if config.kd_teacher == "source" and data.teacher is not None else state
     teacher_state = CompressedMLP.of(teacher)
     ap_teacher = ap_of(teacher_state, data.X_valid, data.y_valid)
     student = distill(teacher, data.X_train, data.y_train, data.X_valid, data.y_valid, config, progress)

@@ -11,6 +11,7 @@ entropy-coded compact artifact (:mod:`compact`); per-stage measurements; one ato
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,9 +26,10 @@ import pandas as pd
 
 from fraudlite.compression import report as reporting
 from fraudlite.compression.compact import compact_breakdown, decode_compact, encode_compact
+from fraudlite.compression.ensemble import train_teacher_ensemble
 from fraudlite.compression.export import choose_runnable, fp32_runnable
 from fraudlite.compression.recipe import Recipe, default_recipe, load_recipe
-from fraudlite.compression.search import run_search
+from fraudlite.compression.search import alert_agreement, run_search
 from fraudlite.compression.state import CompressedMLP, StageData
 from fraudlite.errors import ConfigError, ModelDirError
 from fraudlite.modeldir import ModelDir
@@ -170,6 +172,27 @@ def compress_model_dir(
     def evaluate(state: CompressedMLP) -> dict:
         return metrics_of(state.predict_proba(data.X_valid))
 
+    teacher_report = None
+    if recipe.teacher.members > 1:
+        t0 = time.perf_counter()
+        say(f"compress: teacher: training {recipe.teacher.members - 1} more model(s) like the source")
+        data = dataclasses.replace(
+            data, teacher=train_teacher_ensemble(source_state, data, recipe.teacher, say)
+        )
+        teacher_report = {
+            "members": recipe.teacher.members,
+            "average_precision": float(evaluate(data.teacher)["average_precision"]),
+            "seconds": round(time.perf_counter() - t0, 1),
+            # the source's row in the stage table: its top-1% overlap with the teacher the stages follow
+            "source_agreement": alert_agreement(
+                data.teacher.logits(data.X_train), source_state.logits(data.X_train)
+            ),
+        }
+        say(
+            f"compress: teacher: {recipe.teacher.members}-model ensemble valid AP="
+            f"{teacher_report['average_precision']:.4f} (source {source_ap:.4f}) in {teacher_report['seconds']:.0f}s"
+        )
+
     result = run_search(recipe, source_state, data, evaluate, source_ap, max_ap_drop, progress)
     final = result.state
 
@@ -207,7 +230,8 @@ def compress_model_dir(
     runnables["final"] = runnable
     speed = reporting.measure_speed(runnables, data.X_valid)
     stage_states.append(("final", final, final_metrics))
-    agreements = [1.0] + [t.agreement for t in result.accepted]
+    agreements = [1.0 if teacher_report is None else teacher_report["source_agreement"]]
+    agreements += [t.agreement for t in result.accepted]
     agreements.append(agreements[-1])  # the runnable holds the last accepted weights
     rows = []
     for i, ((name, state, metrics), key) in enumerate(zip(stage_states, keys, strict=True)):
@@ -271,6 +295,7 @@ def compress_model_dir(
         "skipped_stages": result.skipped,
         "runtime": runtime,
         "memory": memory,
+        "teacher": teacher_report,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     stages = [dict(rec) for rec in final.stages]

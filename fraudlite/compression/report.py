@@ -185,7 +185,7 @@ _COLUMNS = [
 def stage_table(rows: Sequence[Mapping]) -> str:
     """A markdown table of per-stage rows (keys: stage, hidden, n_params, n_kept_weights, compact_bytes,
     runnable_bytes, average_precision, ap_drop, roc_auc, card_precision_at_100, top_agreement (share of
-    the source's top-1% training rows also in this model's top 1%), rows_per_s_b1, rows_per_s_b256; a
+    the teacher's top-1% training rows also in this model's top 1%), rows_per_s_b1, rows_per_s_b256; a
     missing value prints as ``-``)."""
     keys = [
         "stage",
@@ -291,6 +291,13 @@ def report_markdown(report: dict) -> str:
         f"{s['max_abs_score_diff']:.2e}",
         f"- runtime: {report['runtime']['chosen']} ({report['runtime']['why']})",
     ]
+    if report.get("teacher"):
+        t = report["teacher"]
+        lines.append(
+            f"- teacher: an ensemble of {t['members']} models (the source + {t['members'] - 1} more seeds), "
+            f"validation AP {t['average_precision']:.4f}, trained in {t['seconds']:.0f} s; the source's "
+            f"top-1% agreement with it {t['source_agreement']:.3f}"
+        )
     for skip in report.get("skipped_stages") or []:
         lines.append(
             f"- stage {skip['index'] + 1} ({skip['stage']}) skipped: optional, and no candidate stayed within the "

@@ -14,7 +14,8 @@ budget back from every stage. When no candidate of a stage fits, an ``optional``
 :class:`SearchError` that lists every trial and says what would make it fit.
 
 A stage with ``restarts = n`` trains each candidate with n seeds and keeps the run whose top 1% of
-training rows by score overlaps most with the source model's top 1% (:func:`alert_agreement`). That
+training rows by score overlaps most with the teacher's top 1% (:func:`alert_agreement`; the teacher
+is ``data.teacher``, the source model or the recipe's teacher ensemble, else the source). That
 choice looks at no label and no validation row, so the validation drop of the kept run stays an honest
 check; measured on the default data, a clustering run with low agreement was also the one that lost
 the most AP on the weeks after the validation window.
@@ -154,7 +155,8 @@ def run_search(
     skipped: list[dict] = []
     n_stages = len(recipe.stages)
     started = time.perf_counter()
-    reference = None  # the source's logits on the training rows, computed once
+    reference = None  # the teacher's logits on the training rows, computed once
+    teacher = data.teacher if data.teacher is not None else source
     for i, spec in enumerate(recipe.stages):
         runner = stage_runner(spec.name)
         candidates = recipe.candidates(i)
@@ -179,10 +181,10 @@ def run_search(
                     state, data, cfg, lambda line, tag=tag: _relay(f"compress: {tag}: {line}", progress)
                 )
                 if reference is None:
-                    reference = source.logits(data.X_train)
+                    reference = teacher.logits(data.X_train)
                 runs.append((alert_agreement(reference, out.logits(data.X_train)), r, out))
                 if spec.restarts > 1:
-                    say(f"compress: {tag}: top-1% agreement with the source {runs[-1][0]:.4f}")
+                    say(f"compress: {tag}: top-1% agreement with the teacher {runs[-1][0]:.4f}")
             agreement, _, out = max(runs, key=lambda run: (run[0], -run[1]))
             metrics = evaluate(out)
             drop = source_ap - metrics["average_precision"]

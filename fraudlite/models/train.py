@@ -238,6 +238,7 @@ def train_mlp(
     threads: int | None = 1,
     train_rows: np.ndarray | None = None,
     valid_rows: np.ndarray | None = None,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[FraudMLP, list[dict]]:
     """Train a :class:`FraudMLP` on raw float32 features (stats from train, imbalance-weighted loss).
 
@@ -249,6 +250,8 @@ def train_mlp(
         threads: torch intra-op threads (default 1, see :func:`run_training`; None = unchanged).
         train_rows, valid_rows: row subsets (indices or boolean masks) of ``X_train`` / ``X_valid``;
             pass one full feature matrix twice with both to train without copying it.
+        stats: ``(mean, std)`` standardization to use instead of the training rows' own (a model that
+            must match another's inputs, e.g. a member of a teacher ensemble).
 
     Returns:
         ``(model, history)``: the best-epoch model in eval mode and the per-epoch history.
@@ -261,7 +264,7 @@ def train_mlp(
     y_fit = y_train if train_rows is None else y_train[train_rows]
     balanced = default_pos_weight(y_fit)  # also checks that both classes are present
     pos_weight = config.pos_weight if config.pos_weight is not None else balanced
-    mean, std = standardization_stats(X_train, rows=train_rows)
+    mean, std = standardization_stats(X_train, rows=train_rows) if stats is None else stats
     torch.manual_seed(config.seed)
     model = FraudMLP(X_train.shape[1], config, mean, std)
     _init_output_bias(model, float(np.count_nonzero(y_fit)) / len(y_fit), pos_weight)

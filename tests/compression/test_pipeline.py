@@ -21,6 +21,7 @@ FAST_RECIPE = """
 [[stage]]
 name = "distill"
 hidden = [8, 4]
+kd_teacher = "source"
 epochs = 3
 patience = 2
 
@@ -46,6 +47,10 @@ precision = "fp32"
 
 [data]
 max_train_rows = 20000
+
+[teacher]
+members = 2
+max_epochs = 2
 """
 
 
@@ -242,7 +247,7 @@ def test_optional_stage_is_skipped_and_reported(small, frame, tmp_path) -> None:
     assert "skipped" in md.file("compression_report_md").read_text()
 
 
-def test_restarts_keep_the_run_that_agrees_best_with_the_source(compressed) -> None:
+def test_restarts_keep_the_run_that_agrees_best_with_the_teacher(compressed) -> None:
     md, lines = compressed
     report = json.loads(md.file("compression_report").read_text())
     cluster = [t for t in report["trials"] if t["stage"] == "cluster"]
@@ -251,6 +256,21 @@ def test_restarts_keep_the_run_that_agrees_best_with_the_source(compressed) -> N
     assert all("restart_agreements" not in t for t in report["trials"] if t["stage"] != "cluster")
     assert any("restart 2/2 seed 1" in line and "top-1% agreement" in line for line in lines)
     rows = {r["stage"]: r for r in report["stages"]}
-    assert rows["source"]["top_agreement"] == 1.0
+    assert rows["source"]["top_agreement"] == report["teacher"]["source_agreement"] <= 1.0
     assert rows["cluster"]["top_agreement"] == cluster[-1]["top_agreement"]
     assert "top-1% agree" in md.file("compression_report_md").read_text()
+
+
+def test_the_teacher_ensemble_teaches_the_stages(compressed) -> None:
+    md, lines = compressed
+    report = json.loads(md.file("compression_report").read_text())
+    teacher = report["teacher"]
+    assert teacher["members"] == 2 and 0 < teacher["average_precision"] <= 1
+    # the distillation stage measured its teacher: the ensemble, not the source
+    distill = next(s for s in md.manifest["compression"]["stages"] if s["name"] == "distill")
+    assert distill["valid_ap_before"] == pytest.approx(teacher["average_precision"], abs=1e-9)
+    assert distill["valid_ap_before"] != pytest.approx(
+        report["summary"]["source_average_precision"], abs=1e-9
+    )
+    assert any("teacher member 2/2: valid AP" in line for line in lines)
+    assert "teacher" in md.file("compression_report_md").read_text()
