@@ -58,7 +58,9 @@ def test_members_train_with_the_source_standardization(stage_data, base_state) -
     assert teacher.hidden == tuple(2 * h for h in base_state.hidden)
     np.testing.assert_array_equal(teacher.mean, base_state.mean)
     np.testing.assert_array_equal(teacher.std, base_state.std)
-    # the source is a member unchanged: the merged logit minus half the source's is the new member's half
+    # the source is the first member, unchanged; the second is a new model, so the mean differs from it
+    w0 = base_state.layers[0][0]
+    np.testing.assert_array_equal(teacher.layers[0][0][: len(w0)], w0)
     assert any("teacher member 2/2: valid AP" in line for line in lines)
     X = stage_data.X_valid
     assert not np.allclose(teacher.logits(X), base_state.logits(X), atol=1e-3)
