@@ -47,7 +47,7 @@ def run(workdir: Path) -> str:
         try:
             md = compress_model_dir(source, df, out, _seeded(seed), MAX_AP_DROP, measure_memory=False)
         except SearchError as exc:
-            rows.append(f"| {seed} | stopped: {exc} | | | | | | |")
+            rows.append(f"| {seed} | stopped: {exc} | | | | | | | | |")
             continue
         report = json.loads(md.file("compression_report").read_text())
         v, t = _fair_metrics(md, df, w, OnnxScorer(md.onnx_path).score(X, batch_size=256))
@@ -58,7 +58,8 @@ def run(workdir: Path) -> str:
         compact = md.bytes_by_role()["compact"]
         final = report["summary"]["final"]
         rows.append(
-            f"| {seed} | {compact:,} | {source_bytes / compact:.1f} | {final['sparsity']:.0%} | "
+            f"| {seed} | {compact:,} | {source_bytes / compact:.1f} | {final['hidden']} | {final['sparsity']:.0%} | "
+            f"{', '.join(s['stage'] for s in report['skipped_stages']) or '-'} | "
             f"{report['stages'][-1]['top_agreement']:.3f} | {dv:+.4f} | {dt:+.4f} | {time.perf_counter() - t0:.0f} |"
         )
     lines = [
@@ -66,10 +67,12 @@ def run(workdir: Path) -> str:
         "",
         f"The trained model of `bench_compression` (validation AP {base_v['average_precision']:.4f}, test AP "
         f"{base_t['average_precision']:.4f}), compressed with the built-in recipe and `--max-ap-drop {MAX_AP_DROP}` "
-        "once per seed (every stage's seed + the run's seed). Same windows as above.",
+        "once per seed (every stage's seed + the run's seed; the teacher ensemble's member seeds stay 1, 2, so "
+        "every run learns from the same teacher). Same windows as above.",
         "",
-        "| seed | compact B | x smaller | sparsity | top-1% agree | valid AP drop | test AP drop | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | compact B | x smaller | student | sparsity | stages skipped | top-1% agree | valid AP drop | "
+        "test AP drop | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     if drops_t:
