@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fraudlite.compression.finetune import ap_of, check_training, mlp_config, parse_hidden, sample_rows
+from fraudlite.compression.finetune import (
+    ap_of,
+    check_training,
+    mlp_config,
+    parse_hidden,
+    sample_rows,
+    stage_teacher,
+)
 from fraudlite.compression.state import CompressedMLP, StageData, stage_record
 from fraudlite.compression.structured import (
     apply_structured_pruning,
@@ -222,7 +229,7 @@ def distill_stage(
     """
     config = config or DistillConfig()
     if teacher is None:
-        teacher = data.teacher if config.kd_teacher == "source" and data.teacher is not None else state
+        teacher = stage_teacher(state, config, data)
     teacher_state = CompressedMLP.of(teacher)
     ap_teacher = ap_of(teacher_state, data.X_valid, data.y_valid)
     student = distill(teacher, data.X_train, data.y_train, data.X_valid, data.y_valid, config, progress)

@@ -3,8 +3,9 @@ quantization-aware training, distillation).
 
 * :func:`check_training`: checks of the fine-tuning settings every technique config carries.
 * :func:`train`: one call of :func:`fraudlite.models.run_training` with a technique's settings, mixing in
-  a teacher's soft targets (knowledge distillation) when ``kd_alpha > 0``; :func:`frozen_teacher` gives
-  that teacher and :func:`training_model` the trainable ``FraudMLP`` of a state.
+  a teacher's soft targets (knowledge distillation) when ``kd_alpha > 0``; :func:`stage_teacher` picks
+  that teacher, :func:`frozen_teacher` gives it as a frozen module and :func:`training_model` the
+  trainable ``FraudMLP`` of a state.
 * :func:`mask_hooks`: hooks that keep pruning masks applied while training.
 * :func:`check_unclustered` (a stage-order guard) and :func:`ap_of` (validation AP of a state).
 * :func:`parse_hidden` (the ``hidden`` widths of a config) and :func:`sample_rows` (seeded calibration rows).
@@ -28,6 +29,7 @@ __all__ = [
     "mlp_config",
     "train",
     "frozen_teacher",
+    "stage_teacher",
     "training_model",
     "check_unclustered",
     "ap_of",
@@ -189,14 +191,18 @@ def train(
     )
 
 
+def stage_teacher(state: CompressedMLP, cfg: object, data: StageData | None = None) -> CompressedMLP:
+    """A stage's teacher: its input model, or with ``cfg.kd_teacher == "source"`` the teacher of the whole
+    run (``data.teacher``: the model compression started from, or the recipe's ensemble) when known."""
+    source = data.teacher if data is not None else None
+    return source if getattr(cfg, "kd_teacher", "input") == "source" and source is not None else state
+
+
 def frozen_teacher(state: CompressedMLP, cfg: object, data: StageData | None = None):
-    """A frozen teacher when ``cfg.kd_alpha > 0``, else None: the stage's input model, or with
-    ``cfg.kd_teacher == "source"`` the model compression started from (``data.teacher``) when known."""
+    """:func:`stage_teacher` as a frozen torch module when ``cfg.kd_alpha > 0``, else None."""
     if cfg.kd_alpha <= 0:
         return None
-    source = data.teacher if data is not None else None
-    chosen = source if getattr(cfg, "kd_teacher", "input") == "source" and source is not None else state
-    teacher = chosen.to_model()
+    teacher = stage_teacher(state, cfg, data).to_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
