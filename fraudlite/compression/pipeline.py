@@ -29,7 +29,7 @@ from fraudlite.compression.compact import compact_breakdown, decode_compact, enc
 from fraudlite.compression.ensemble import train_teacher_ensemble
 from fraudlite.compression.export import choose_runnable, fp32_runnable
 from fraudlite.compression.recipe import Recipe, default_recipe, load_recipe
-from fraudlite.compression.search import alert_agreement, run_search
+from fraudlite.compression.search import run_search
 from fraudlite.compression.state import CompressedMLP, StageData
 from fraudlite.errors import ConfigError, ModelDirError
 from fraudlite.modeldir import ModelDir
@@ -183,10 +183,6 @@ def compress_model_dir(
             "members": recipe.teacher.members,
             "average_precision": float(evaluate(data.teacher)["average_precision"]),
             "seconds": round(time.perf_counter() - t0, 1),
-            # the source's row in the stage table: its top-1% overlap with the teacher the stages follow
-            "source_agreement": alert_agreement(
-                data.teacher.logits(data.X_train), source_state.logits(data.X_train)
-            ),
         }
         say(
             f"compress: teacher: {recipe.teacher.members}-model ensemble valid AP="
@@ -195,6 +191,8 @@ def compress_model_dir(
 
     result = run_search(recipe, source_state, data, evaluate, source_ap, max_ap_drop, progress)
     final = result.state
+    if teacher_report is not None:  # the source's row in the stage table: its overlap with the teacher
+        teacher_report["source_agreement"] = result.source_agreement
 
     # runnable ONNX + compact artifact
     metadata = {"source_version": md.version, "producer": "fraudlite compress"}
@@ -230,8 +228,7 @@ def compress_model_dir(
     runnables["final"] = runnable
     speed = reporting.measure_speed(runnables, data.X_valid)
     stage_states.append(("final", final, final_metrics))
-    agreements = [1.0 if teacher_report is None else teacher_report["source_agreement"]]
-    agreements += [t.agreement for t in result.accepted]
+    agreements = [result.source_agreement] + [t.agreement for t in result.accepted]
     agreements.append(agreements[-1])  # the runnable holds the last accepted weights
     rows = []
     for i, ((name, state, metrics), key) in enumerate(zip(stage_states, keys, strict=True)):

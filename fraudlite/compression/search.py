@@ -95,12 +95,14 @@ class Trial:
 
 @dataclass
 class SearchResult:
-    """The final state, the accepted state after each stage, every trial, and the optional stages skipped."""
+    """The final state, the accepted state after each stage, every trial, the optional stages skipped, and
+    the source's own top-1% agreement with the teacher (1.0 when the teacher is the source)."""
 
     state: CompressedMLP
     accepted: list[Trial]
     trials: list[Trial]
     skipped: list[dict] = field(default_factory=list)
+    source_agreement: float = 1.0
 
 
 def alert_agreement(reference: np.ndarray, scores: np.ndarray, share: float = AGREEMENT_SHARE) -> float:
@@ -225,7 +227,12 @@ def run_search(
     for t in trials:
         if not t.accepted:
             t.state = None  # free rejected models; their records stay
-    return SearchResult(state, accepted, trials, skipped)
+    source_agreement = 1.0
+    if teacher is not source:
+        if reference is None:
+            reference = teacher.logits(data.X_train)
+        source_agreement = alert_agreement(reference, source.logits(data.X_train))
+    return SearchResult(state, accepted, trials, skipped, source_agreement)
 
 
 def _reseeded(spec, overrides: dict, config: Any, restart: int) -> Any:
