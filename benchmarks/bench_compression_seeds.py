@@ -3,7 +3,7 @@ built-in recipe and `--max-ap-drop 0.005`, once per seed (every stage's seed shi
 stage's restarts shift with it), from the same trained model as `bench_compression`. Reports each run's
 size and its validation and test-window AP drop, then the spread.
 
-Not part of `make bench` (about 5 minutes per seed here); run it with
+Not part of `make bench` (about 10 minutes per seed here); run it with
 `.venv/bin/python benchmarks/run.py --only bench_compression_seeds` (FRAUDLITE_BENCH_SEEDS, default
 "0 3 6": restarts use seed..seed+2, so these runs share no training seed).
 """

@@ -28,9 +28,9 @@ SECTIONS = [
     "bench_reliability",
 ]
 EXTRA = [
-    "bench_soak",
-    "bench_compression_seeds",
-]  # long (`make soak`; ~15 min): kept, never run by `make bench`
+    "bench_soak",  # `make soak`, ten minutes
+    "bench_compression_seeds",  # ~33 min
+]  # long: their sections stay in RESULTS.md, `make bench` never runs them
 MARK = "<!-- section: {} -->"
 
 
