@@ -50,20 +50,19 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     available = [s for s in SECTIONS if (HERE / f"{s}.py").exists()]
     chosen = args.only or available
-    results = _existing_sections()
     with tempfile.TemporaryDirectory(prefix="fraudlite-bench-") as tmp:
         for name in chosen:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
             module = importlib.import_module(name)
-            results[name] = module.run(Path(tmp) / name).rstrip() + "\n\n"
+            write_section(name, module.run(Path(tmp) / name))
             print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
-            _write(results)
     return 0
 
 
 def write_section(name: str, markdown: str) -> None:
-    """Replace one section of RESULTS.md, keeping every other."""
+    """Replace one section of RESULTS.md, keeping every other as the file has it now (so two benches run side
+    by side do not overwrite each other's section)."""
     results = _existing_sections()
     results[name] = markdown.rstrip() + "\n\n"
     _write(results)
