@@ -39,6 +39,7 @@ def add_compression(sub: argparse._SubParsersAction) -> None:
         "--max-ap-drop",
         type=float,
         default=0.005,
-        help="largest validation average-precision loss allowed, absolute (default 0.005)",
+        help="largest validation average-precision loss allowed, absolute (default 0.005); to match another "
+        "model's accuracy, give the AP it loses (a tighter budget keeps more weights)",
     )
     p.set_defaults(func=_compress)
