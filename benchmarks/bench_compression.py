@@ -108,6 +108,12 @@ def _paired_ap_diffs(md: ModelDir, df, w, a: np.ndarray, b: np.ndarray, n: int =
     return out
 
 
+def ap_lost(source_ap: float, other_ap: float) -> float:
+    """The validation AP another model loses, floored to 1e-4: the ``--max-ap-drop`` that asks the search for
+    at least that model's AP."""
+    return float(np.floor((source_ap - other_ap) * 1e4) / 1e4)
+
+
 def _beats_ort(ort: dict, ours: dict) -> bool:
     return (
         ours.get("bytes") is not None
@@ -119,7 +125,7 @@ def _beats_ort(ort: dict, ours: dict) -> bool:
 def _at_ort_ap(workdir: Path, source: ModelDir, df, w, X, recipe, source_ap: float, ort: dict) -> dict:
     """Compare at equal accuracy: ask the search for ORT dynamic int8's validation AP (``--max-ap-drop`` = the
     AP ORT loses there, floored to 1e-4) and test the result on the test window, which no choice saw."""
-    budget = float(np.floor((source_ap - ort["valid"]) * 1e4) / 1e4)
+    budget = ap_lost(source_ap, ort["valid"])
     result = {"budget": budget, "bytes": None}
     head = (
         f"Same size at equal accuracy: the same model compressed with `--max-ap-drop {budget}`, the validation AP "

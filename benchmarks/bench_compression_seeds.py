@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_compression import MAX_AP_DROP, SCORE_BATCH, _fair_metrics, default_data_and_model
+from bench_compression import MAX_AP_DROP, SCORE_BATCH, _fair_metrics, ap_lost, default_data_and_model
 
 from fraudlite.compression.pipeline import compress_model_dir
 from fraudlite.compression.quantize import quantize_dynamic_onnx
@@ -49,11 +49,7 @@ def seed_spread(workdir: Path, default_seeds: str, *, at_ort: bool) -> str:
     base_v, base_t = _fair_metrics(source, df, w, OnnxScorer(source_onnx).score(X, batch_size=SCORE_BATCH))
     ort = quantize_dynamic_onnx(source_onnx)
     ort_v, ort_t = _fair_metrics(source, df, w, OnnxScorer(ort).score(X, batch_size=SCORE_BATCH))
-    budget = (
-        float(np.floor((base_v["average_precision"] - ort_v["average_precision"]) * 1e4) / 1e4)
-        if at_ort
-        else MAX_AP_DROP
-    )
+    budget = ap_lost(base_v["average_precision"], ort_v["average_precision"]) if at_ort else MAX_AP_DROP
     rows, drops_v, drops_t, vs_ort = [], [], [], []
     for seed in seeds:
         t0 = time.perf_counter()
