@@ -2,8 +2,9 @@
 recipe and `--max-ap-drop` = the validation AP ORT dynamic int8 loses, once per seed, from the trained
 model of `bench_compression` (whose own run of this is seed 0).
 
-Not part of `make bench` (about 17 minutes per seed here: the tighter budget tries more candidates); run it
-with `.venv/bin/python benchmarks/run.py --only bench_compression_seeds_at_ort` (FRAUDLITE_BENCH_SEEDS,
+Not part of `make bench` (10-17 minutes per seed here, more when the tighter budget rejects candidates;
+24 minutes for the default seeds); run it with
+`.venv/bin/python benchmarks/run.py --only bench_compression_seeds_at_ort` (FRAUDLITE_BENCH_SEEDS,
 default "3 6").
 """
 
