@@ -114,7 +114,9 @@ def ap_lost(source_ap: float, other_ap: float) -> float:
     return float(np.floor((source_ap - other_ap) * 1e4) / 1e4)
 
 
-def _beats_ort(ort: dict, ours: dict) -> bool:
+def beats_ort(ort: dict, ours: dict) -> bool:
+    """The issue's point: ``ours`` is >= 5x smaller than ``ort`` with AP >= its AP on both windows (dicts of
+    ``bytes``, ``valid`` and ``test`` AP; ``bytes`` None = no model)."""
     return (
         ours.get("bytes") is not None
         and ort["bytes"] / ours["bytes"] >= 5
@@ -175,7 +177,7 @@ def _vs_ort_check(ort: dict, default: dict, at_ort: dict) -> tuple[str, bool]:
             f"{run['valid']:.4f} vs {ort['valid']:.4f}, test {run['test']:.4f} vs {ort['test']:.4f}"
         )
 
-    ok = [_beats_ort(ort, run) for run in (default, at_ort)]
+    ok = [beats_ort(ort, run) for run in (default, at_ort)]
     verdict = "by the default run" if ok[0] else ("at ORT's validation AP" if ok[1] else "by neither run")
     return (
         f"compact >= 5x smaller than ORT dynamic int8 at equal or better AP on both windows, {verdict} "
