@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudlite.cli.demo import default_windows
 from fraudlite.compression import report as reporting
 from fraudlite.compression.compact import decode_compact
+from fraudlite.compression.compress import compress_model_dir
 from fraudlite.compression.export import fp32_runnable, max_score_diff
-from fraudlite.compression.pipeline import compress_model_dir
 from fraudlite.compression.quantize import (
     quantize_dynamic_onnx,
     quantize_static_onnx,
@@ -31,14 +32,13 @@ from fraudlite.compression.quantize import (
 )
 from fraudlite.compression.recipe import default_recipe
 from fraudlite.compression.search import SearchError
+from fraudlite.data.simulator import SimulatorConfig, simulate
+from fraudlite.data.transactions import day_of, format_day, load_transactions, write_table
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ModelDir
 from fraudlite.models import load_mlp, predict_proba
-from fraudlite.pipeline.data import day_of, format_day, load_transactions, write_table
-from fraudlite.pipeline.demo import default_windows
-from fraudlite.pipeline.evaluation import evaluate_window, features_for
-from fraudlite.pipeline.simulator import SimulatorConfig, simulate
-from fraudlite.pipeline.training import TrainConfig, prepare_training_data, train_model
+from fraudlite.models.evaluation import evaluate_window, features_for
+from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
 from fraudlite.runtime import OnnxScorer
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ def default_data_and_model(workdir: Path):
 
 def _fair_metrics(md: ModelDir, df, w, scores: np.ndarray) -> tuple[dict, dict]:
     """(validation, test) metrics of full-file scores; test excludes known-compromised cards."""
-    from fraudlite.pipeline.data import parse_day
+    from fraudlite.data.transactions import parse_day
 
     dw = md.manifest["data_window"]
     valid = evaluate_window(
@@ -89,9 +89,9 @@ def _paired_ap_diffs(md: ModelDir, df, w, a: np.ndarray, b: np.ndarray, n: int =
     """AP(a) - AP(b) on ``n`` paired bootstrap resamples (rows drawn with replacement, both models scored on
     the same draw) of the validation and test windows: how much of a difference in AP is sampling noise
     of a window's few hundred frauds. One array per window, the same draws for every pair of models."""
+    from fraudlite.data.transactions import parse_day, window_mask
+    from fraudlite.models.evaluation import known_fraud_mask
     from fraudlite.models.metrics import average_precision
-    from fraudlite.pipeline.data import parse_day, window_mask
-    from fraudlite.pipeline.evaluation import known_fraud_mask
 
     dw = md.manifest["data_window"]
     y = df["label"].to_numpy()

@@ -26,7 +26,7 @@ from bench_compression import (
     default_data_and_model,
 )
 
-from fraudlite.compression.pipeline import compress_model_dir
+from fraudlite.compression.compress import compress_model_dir
 from fraudlite.compression.quantize import quantize_dynamic_onnx
 from fraudlite.compression.recipe import default_recipe
 from fraudlite.compression.search import SearchError

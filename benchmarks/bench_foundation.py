@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudlite.cli.demo import default_windows
+from fraudlite.data.simulator import SimulatorConfig, simulate
+from fraudlite.data.transactions import day_of, load_transactions, to_arrays, write_table
 from fraudlite.features.offline import compute_features
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.pipeline.data import day_of, load_transactions, to_arrays, write_table
-from fraudlite.pipeline.demo import default_windows
-from fraudlite.pipeline.evaluation import evaluate_window, score_frame
-from fraudlite.pipeline.simulator import SimulatorConfig, simulate
-from fraudlite.pipeline.training import TrainConfig, prepare_training_data, train_model
+from fraudlite.models.evaluation import evaluate_window, score_frame
+from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
 
 DEFAULT = SimulatorConfig()  # the "default generated dataset": 5000 customers, 10000 terminals, 180 days
 
@@ -40,9 +40,9 @@ def _peak_rss_train(workdir: Path, n_customers: int, n_days: int) -> dict:
 import json, resource, time
 import numpy as np
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.pipeline.data import load_transactions, day_of
-from fraudlite.pipeline.demo import default_windows
-from fraudlite.pipeline.training import TrainConfig, prepare_training_data, train_model
+from fraudlite.data.transactions import load_transactions, day_of
+from fraudlite.cli.demo import default_windows
+from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
 t0 = time.perf_counter()
 df = load_transactions({str(data)!r}, require_label=True)
 day = day_of(df["ts"].to_numpy())

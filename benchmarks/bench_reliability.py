@@ -22,20 +22,17 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "reliability"))
-sys.path.insert(0, str(ROOT / "tests" / "streaming"))
 
 
 def _count(records) -> tuple[int, int, set[str]]:
     """(decisions, duplicated transactions, tx ids)."""
-    from reliability_support import decision_counts
+    from fraudlite.testing.reliability import decision_counts
 
     c = decision_counts(records)
     return sum(c.values()), sum(1 for v in c.values() if v > 1), set(c)
@@ -43,7 +40,8 @@ def _count(records) -> tuple[int, int, set[str]]:
 
 def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) -> dict:
     from poison_support import mix_poison, poison_messages
-    from reliability_support import (
+
+    from fraudlite.testing.reliability import (
         committed_total,
         create_topics,
         decision_scores,
@@ -108,7 +106,7 @@ def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) 
 
 
 def rebalance(bootstrap: str, model, work: Path, n: int) -> dict:
-    from reliability_support import (
+    from fraudlite.testing.reliability import (
         ServeProcess,
         assigned_partitions,
         committed_offsets,
@@ -190,9 +188,8 @@ def rebalance(bootstrap: str, model, work: Path, n: int) -> dict:
 
 
 def broker_restart(model, work: Path) -> dict:
-    from reliability_support import ServeProcess, make_transactions, produce, read_records
-
-    from fraudlite.streaming.broker import EmbeddedBroker, free_port
+    from fraudlite.kafkaio.broker import EmbeddedBroker, free_port
+    from fraudlite.testing.reliability import ServeProcess, make_transactions, produce, read_records
 
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
@@ -247,7 +244,8 @@ def broker_restart(model, work: Path) -> dict:
 
 def poison(bootstrap: str, model, n: int, rounds: int) -> tuple[dict, list[tuple[str, str, str]]]:
     from poison_support import mix_poison, poison_messages
-    from reliability_support import (
+
+    from fraudlite.testing.reliability import (
         create_topics,
         make_transactions,
         produce_big,
@@ -294,9 +292,8 @@ def measure(crash_n: int = 200_000, kills: int = 5, rebalance_n: int = 60_000, p
             rounds: int = 3, workdir: Path | None = None) -> str:  # fmt: skip
     import tempfile
 
-    from reliability_support import feature_stats, make_transactions, write_model
-
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
+    from fraudlite.testing.reliability import feature_stats, make_transactions, write_model
 
     rows: list[dict] = []
     extra: list[tuple[str, str, str]] = []

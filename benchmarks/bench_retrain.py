@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fraudlite.data.simulator import SimulatorConfig, simulate
+from fraudlite.data.transactions import format_day, load_transactions, write_table
 from fraudlite.modeldir import ModelDir
-from fraudlite.pipeline.data import format_day, load_transactions, write_table
-from fraudlite.pipeline.evaluation import evaluate_window
+from fraudlite.models.evaluation import evaluate_window
 from fraudlite.pipeline.retrain import RetrainConfig, run_retrain
-from fraudlite.pipeline.simulator import SimulatorConfig, simulate
 
 CUSTOMERS, DAYS, DRIFT_DAY = 2000, 120, 80
 MAX_AP_DROP = 0.02  # compression budget: a 2,000-customer validation week is noisy (see the note below)

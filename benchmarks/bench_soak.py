@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -31,8 +30,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests" / "reliability"))
-sys.path.insert(0, str(ROOT / "tests" / "streaming"))
 
 T0 = 1_767_225_600  # 2026-01-01
 
@@ -114,7 +111,8 @@ class _Feed:
 
 
 def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0) -> str:
-    from reliability_support import (
+    from fraudlite.kafkaio.broker import EmbeddedBroker
+    from fraudlite.testing.reliability import (
         ServeProcess,
         create_topics,
         feature_stats,
@@ -126,9 +124,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         unique_topics,
         write_model,
     )
-    from streaming_support import proc_status_mb
-
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.testing.streaming import proc_status_mb
 
     with tempfile.TemporaryDirectory(prefix="fraudlite-soak-") as tmp, EmbeddedBroker() as broker:
         work = Path(tmp)

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "streaming"))
 
 BATCH = 2000
 PARTITIONS = 4
@@ -42,13 +41,13 @@ PARTITIONS = 4
 
 def _peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM), read last by each worker."""
-    from streaming_support import proc_status_mb
+    from fraudlite.testing.streaming import proc_status_mb
 
     return proc_status_mb("VmHWM")
 
 
 def _data(n: int, seed: int = 7):
-    from streaming_support import make_transactions
+    from fraudlite.testing.streaming import make_transactions
 
     return make_transactions(n, customers=5000, terminals=3000, days=30, seed=seed)
 
@@ -197,9 +196,8 @@ def measure(
     model_label: str | None = None,
 ) -> str:
     """Run every measurement on a fresh embedded broker; returns the markdown section."""
-    from streaming_support import feature_stats, produce, write_model
-
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
+    from fraudlite.testing.streaming import feature_stats, produce, write_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:

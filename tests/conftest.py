@@ -25,7 +25,6 @@ module is imported inside the fixture, so collecting tests that need no broker d
 from __future__ import annotations
 
 import itertools
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,16 +33,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
 
-sys.path.insert(0, str(Path(__file__).parent / "streaming"))  # streaming_support: shared helpers
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """The embedded broker shared by the whole test session."""
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -86,7 +84,7 @@ def consume_all(broker: EmbeddedBroker) -> Callable[..., list]:
     def consume(
         topic: str, *, isolation_level: str = "read_committed", min_count: int = 0, timeout_s: float = 20.0
     ) -> list:
-        from streaming_support import read_topic
+        from fraudlite.testing.streaming import read_topic
 
         return read_topic(
             broker.bootstrap, topic, isolation_level=isolation_level, min_count=min_count, timeout_s=timeout_s
@@ -100,7 +98,7 @@ def train_small(tmp_path_factory) -> Callable[[str, int], tuple[Path, Path]]:
     """Factory: ``train_small(name, max_epochs) -> (data .parquet, model dir)`` in a fresh temp dir."""
 
     def make(name: str, max_epochs: int) -> tuple[Path, Path]:
-        from fraudlite.pipeline.commands import generate, train
+        from fraudlite.cli.foundation_commands import generate, train
 
         root = tmp_path_factory.mktemp(name)
         data = root / "tx.parquet"

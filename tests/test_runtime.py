@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent / "streaming"))
-from streaming_support import proc_status_mb, write_model  # noqa: E402
-
 from fraudlite.runtime import OnnxScorer  # noqa: E402
+from fraudlite.testing.streaming import proc_status_mb, write_model  # noqa: E402
 
 
 def _rss_mb() -> float:

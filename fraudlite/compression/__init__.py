@@ -36,7 +36,7 @@ _WHERE = {
     "parse_recipe": "fraudlite.compression.recipe",
     "run_search": "fraudlite.compression.search",
     "SearchError": "fraudlite.compression.search",
-    "compress_model_dir": "fraudlite.compression.pipeline",
+    "compress_model_dir": "fraudlite.compression.compress",
 }
 
 

@@ -169,10 +169,10 @@ def train(
         return []
     early_stopping = early_stopping and bool(getattr(cfg, "early_stopping", True))
     if teacher is not None and cfg.kd_alpha > 0:
-        from fraudlite.compression.distill import DistillConfig, distillation_loss
+        from fraudlite.compression.soft_targets import SoftTargets, distillation_loss
         from fraudlite.models import default_pos_weight
 
-        kd = DistillConfig(alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+        kd = SoftTargets(alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
         loss = distillation_loss(teacher, kd, default_pos_weight(data.y_train))
     else:
         loss = _loss(data.y_train)

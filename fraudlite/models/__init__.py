@@ -12,6 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fraudlite.models.baselines import BASELINE_KINDS, Baseline, baseline_to_onnx, train_baseline
+    from fraudlite.models.loop import (
+        LossFn,
+        classification_loss,
+        default_pos_weight,
+        predict_logits,
+        predict_proba,
+        run_training,
+        standardization_stats,
+        train_mlp,
+    )
     from fraudlite.models.mlp import (
         TEACHER_CONFIG,
         FraudMLP,
@@ -23,16 +33,6 @@ if TYPE_CHECKING:
         save_mlp,
     )
     from fraudlite.models.onnx_export import INPUT_NAME, OUTPUT_NAME, export_mlp, mlp_to_onnx, scoring_model
-    from fraudlite.models.train import (
-        LossFn,
-        classification_loss,
-        default_pos_weight,
-        predict_logits,
-        predict_proba,
-        run_training,
-        standardization_stats,
-        train_mlp,
-    )
 
 __all__ = [
     "MLPConfig",
@@ -65,10 +65,8 @@ __all__ = [
 _WHERE = {
     **dict.fromkeys(["MLPConfig", "TEACHER_CONFIG", "FraudMLP", "Layers", "layer_shapes"], "mlp"),
     **dict.fromkeys(["mlp_layers", "save_mlp", "load_mlp"], "mlp"),
-    **dict.fromkeys(
-        ["LossFn", "standardization_stats", "default_pos_weight", "classification_loss"], "train"
-    ),
-    **dict.fromkeys(["predict_logits", "predict_proba", "run_training", "train_mlp"], "train"),
+    **dict.fromkeys(["LossFn", "standardization_stats", "default_pos_weight", "classification_loss"], "loop"),
+    **dict.fromkeys(["predict_logits", "predict_proba", "run_training", "train_mlp"], "loop"),
     **dict.fromkeys(
         ["INPUT_NAME", "OUTPUT_NAME", "mlp_to_onnx", "export_mlp", "scoring_model"], "onnx_export"
     ),

@@ -23,8 +23,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from fraudlite.errors import ConfigError, DataError
+from fraudlite.models.loop import default_pos_weight
 from fraudlite.models.onnx_export import INPUT_NAME, mlp_to_onnx, scoring_model
-from fraudlite.models.train import default_pos_weight
 
 __all__ = ["BASELINE_KINDS", "Baseline", "train_baseline", "baseline_to_onnx"]
 

@@ -6,9 +6,7 @@ a store write, so a crash replays messages that the idempotent store then absorb
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from fraudlite.errors import ConfigError, UserError
 from fraudlite.pipeline.label_decode import decode_labels, decode_transactions
 from fraudlite.pipeline.label_store import LabelStore, WriteStats
 
-__all__ = ["CollectConfig", "CollectStats", "collect", "collect_command"]
+__all__ = ["CollectConfig", "CollectStats", "collect"]
 
 # The collector's logger: log records keep the name they had before this module was split out.
 logger = logging.getLogger("fraudlite.pipeline.label_store")
@@ -105,8 +103,8 @@ def collect(config: CollectConfig, stop: threading.Event | None = None) -> Colle
     """
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-    from fraudlite.streaming.config import kafka_security_from_env
-    from fraudlite.streaming.kafka_io import TopicSpec, ensure_topics, make_admin, make_consumer
+    from fraudlite.kafkaio.clients import TopicSpec, ensure_topics, make_admin, make_consumer
+    from fraudlite.kafkaio.security import kafka_security_from_env
 
     stop = stop or threading.Event()
     if Path(config.store, "store.json").exists():
@@ -208,26 +206,3 @@ def collect(config: CollectConfig, stop: threading.Event | None = None) -> Colle
         finally:
             consumer.close(autocommit=False)
     return totals
-
-
-def collect_command(**settings) -> int:
-    """``fraudlite collect``: run the collector (SIGTERM/SIGINT stop it after a final write).
-
-    ``settings`` are CollectConfig fields.
-    """
-    config = CollectConfig(**settings)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        logger.info("collect: signal %d, finishing", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        stats = collect(config, stop)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    print(stats.summary())
-    print(json.dumps(LabelStore(config.store).summary()))
-    return 0

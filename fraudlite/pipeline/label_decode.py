@@ -23,10 +23,10 @@ class _Label(msgspec.Struct, gc=False):
 def decode_transactions(values: Sequence[bytes | None]) -> tuple[pd.DataFrame, int]:
     """Transaction messages -> (frame for ``LabelStore.write``, number of invalid messages).
 
-    Validation is the scorer's (``fraudlite.streaming.decode.TransactionDecoder``), so the store keeps
+    Validation is the scorer's (``fraudlite.kafkaio.wire.TransactionDecoder``), so the store keeps
     exactly the transactions the scorer scores.
     """
-    from fraudlite.streaming.decode import TransactionDecoder
+    from fraudlite.kafkaio.wire import TransactionDecoder
 
     batch = TransactionDecoder().decode(values)
     df = pd.DataFrame(
@@ -43,7 +43,7 @@ def decode_transactions(values: Sequence[bytes | None]) -> tuple[pd.DataFrame, i
 
 def decode_labels(values: Sequence[bytes | None]) -> tuple[pd.DataFrame, int]:
     """Label messages ``{"tx_id", "timestamp", "label", ...}`` -> (tx_id, timestamp, label frame, invalid)."""
-    from fraudlite.streaming.decode import timestamp_seconds
+    from fraudlite.kafkaio.wire import timestamp_seconds
 
     decode = msgspec.json.Decoder(_Label).decode
     tx_ids, seconds, labels = [], [], []

@@ -28,15 +28,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fraudlite.data.transactions import format_day
 from fraudlite.errors import ConfigError, DataError
-from fraudlite.pipeline.data import format_day
 from fraudlite.pipeline.label_decode import decode_labels
 from fraudlite.pipeline.label_decode import decode_transactions as decode_transactions  # re-export
 from fraudlite.pipeline.registry import file_lock
@@ -44,12 +43,8 @@ from fraudlite.pipeline.registry import file_lock
 __all__ = [
     "LabelStore",
     "WriteStats",
-    "CollectConfig",  # noqa: F822 (from label_collect, via __getattr__)
-    "CollectStats",  # noqa: F822 (from label_collect, via __getattr__)
     "decode_labels",
     "load_store",
-    "collect",  # noqa: F822 (from label_collect, via __getattr__)
-    "collect_command",  # noqa: F822 (from label_collect, via __getattr__)
 ]
 
 logger = logging.getLogger(__name__)
@@ -286,15 +281,3 @@ def load_store(root: str | os.PathLike) -> pd.DataFrame:
             "label": df["label"].fillna(0).to_numpy(dtype=np.int8),
         }
     )
-
-
-# The collector (``label_collect``) imports this module, so its names are resolved on first use here.
-_COLLECTOR_NAMES = frozenset({"CollectConfig", "CollectStats", "collect", "collect_command"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _COLLECTOR_NAMES:
-        from fraudlite.pipeline import label_collect
-
-        return getattr(label_collect, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

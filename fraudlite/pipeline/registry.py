@@ -28,7 +28,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from fraudlite.errors import IntegrityError, ModelDirError
 from fraudlite.modeldir import MANIFEST, ModelDir, sha256_file, verify_files, write_model_dir
@@ -403,13 +402,3 @@ class Registry:
             )
         logger.info("registry: rolled back from=%s to=%s", current, target)
         return entry
-
-
-# `fraudlite registry` lives in lifecycle_commands (which imports this module); its entry point stays
-# importable from here, resolved on first use (the serving path never loads it).
-def __getattr__(name: str) -> Any:
-    if name == "registry_command":
-        from fraudlite.pipeline.lifecycle_commands import registry_command
-
-        return registry_command
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,19 +36,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fraudlite.data.transactions import day_of, format_day, load_transactions, parse_day
 from fraudlite.errors import ConfigError, DataError, FraudliteError, IntegrityError, ModelDirError
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ModelDir
-from fraudlite.pipeline.data import day_of, format_day, load_transactions, parse_day
-from fraudlite.pipeline.evaluation import evaluate_window, features_for, score_frame
+from fraudlite.models.evaluation import evaluate_window, features_for, score_frame
+from fraudlite.models.training import TrainConfig, TrainingData, prepare_training_data, train_model
 from fraudlite.pipeline.registry import Registry, file_lock
 from fraudlite.pipeline.retrain_config import RetrainConfig, RetrainWindows
-from fraudlite.pipeline.training import TrainConfig, TrainingData, prepare_training_data, train_model
 
 __all__ = [
     "RetrainConfig",
@@ -449,17 +448,3 @@ def _champion_metrics(
     except DataError as e:
         logger.warning("retrain: champion %s cannot be evaluated: %s", champion, e)
         return champion, None, str(e)
-
-
-# `fraudlite retrain` and `fraudlite demo --retrain` live in lifecycle_commands and retrain_demo (which import
-# this module); their entry points stay importable from here, resolved on first use.
-def __getattr__(name: str) -> Any:
-    if name == "retrain_command":
-        from fraudlite.pipeline.lifecycle_commands import retrain_command
-
-        return retrain_command
-    if name == "retrain_demo":
-        from fraudlite.pipeline.retrain_demo import retrain_demo
-
-        return retrain_demo
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraudlite.data.transactions import format_day
 from fraudlite.errors import ConfigError
-from fraudlite.pipeline.data import format_day
-from fraudlite.pipeline.training import MODEL_TYPES, TrainConfig
+from fraudlite.models.training import MODEL_TYPES, TrainConfig
 
 __all__ = ["RetrainConfig", "RetrainWindows"]
 

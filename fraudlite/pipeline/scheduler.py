@@ -323,7 +323,7 @@ def run_schedule(
     """
     from prometheus_client import start_http_server
 
-    from fraudlite.pipeline.data import parse_day
+    from fraudlite.data.transactions import parse_day
     from fraudlite.pipeline.retrain import run_retrain
 
     schedule = CronSchedule(cron)

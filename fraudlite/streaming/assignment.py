@@ -11,7 +11,7 @@ kafka-python runs rebalance callbacks on its IO thread, where blocking consumer 
 * the consumer is positioned at the committed offset, or past what the restored state already holds
   (``rewind``), and the terminal feed is told which partitions the scorer's batches cover.
 
-Blocking reads keep the group membership alive (``kafka_io.keep_alive``), so a restore may take longer
+Blocking reads keep the group membership alive (``kafkaio.clients.keep_alive``), so a restore may take longer
 than ``max.poll.interval.ms``.
 """
 
@@ -26,10 +26,10 @@ from kafka.errors import KafkaError
 
 from fraudlite.features.online import CustomerState, OnlineFeatures, TerminalTable
 from fraudlite.features.spec import FeatureSpec
+from fraudlite.kafkaio.clients import KafkaIOError, keep_alive, read_partition_to_end
+from fraudlite.kafkaio.wire import TransactionDecoder
 from fraudlite.streaming.config import ServeConfig
-from fraudlite.streaming.decode import TransactionDecoder
 from fraudlite.streaming.idempotence import OUTPUT_KINDS, POSITIONS_KEY, decode_positions, scan_outputs
-from fraudlite.streaming.kafka_io import KafkaIOError, keep_alive, read_partition_to_end
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.partition_state import PartitionBook
 from fraudlite.streaming.state_store import ChangelogWriter, restore_state

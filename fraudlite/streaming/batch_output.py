@@ -3,7 +3,7 @@
 Per input partition ``p`` of the batch, in this order (the same order as the records reach the broker):
 
 * one decision per valid transaction (``outputs.encode_decisions``), appended per partition run with
-  ``bulk_send.send_many`` when the decisions topic is aligned with the input partitions;
+  ``kafkaio.bulk_send.send_many`` when the decisions topic is aligned with the input partitions;
 * the decisions at or above the alert threshold, to the alerts topic;
 * one DLQ record per invalid input record (``dlq_record``: reason headers, truncation, envelope);
 * with idempotent outputs, a ``positions`` record to changelog partition ``p`` (``idempotence``).
@@ -28,10 +28,10 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from fraudlite.features.online import CustomerState
-from fraudlite.streaming.bulk_send import send_many
+from fraudlite.kafkaio.bulk_send import send_many
+from fraudlite.kafkaio.clients import KafkaIOError
 from fraudlite.streaming.config import ServeConfig
 from fraudlite.streaming.idempotence import OUTPUT_KINDS, POSITIONS_KEY, Decided, encode_positions
-from fraudlite.streaming.kafka_io import KafkaIOError
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.outputs import dlq_envelope, dlq_headers, dlq_truncate, encode_decisions
 from fraudlite.streaming.partition_state import PartitionBook

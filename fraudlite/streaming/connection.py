@@ -16,9 +16,7 @@ from kafka.errors import KafkaError
 
 from fraudlite.errors import UserError
 from fraudlite.features.online import TerminalTable
-from fraudlite.streaming.config import ServeConfig
-from fraudlite.streaming.decode import LabelDecoder, TransactionDecoder
-from fraudlite.streaming.kafka_io import (
+from fraudlite.kafkaio.clients import (
     KafkaIOError,
     TopicSpec,
     claim_transactional_id,
@@ -28,6 +26,8 @@ from fraudlite.streaming.kafka_io import (
     make_consumer,
     make_producer,
 )
+from fraudlite.kafkaio.wire import LabelDecoder, TransactionDecoder
+from fraudlite.streaming.config import ServeConfig
 from fraudlite.streaming.terminal_feed import TerminalFeed
 
 __all__ = [
@@ -103,7 +103,7 @@ def check_changelog_partitions(config: ServeConfig, counts: dict[str, int]) -> N
 class TransactionalIdClaim:
     """The producer's ``transactional.id``, resolved once per scorer (a recreated producer reuses it,
     ending its predecessor's transaction): the configured one, else this host's first free slot
-    (``kafka_io.claim_transactional_id``), held until ``release``."""
+    (``kafkaio.clients.claim_transactional_id``), held until ``release``."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -125,7 +125,7 @@ class TransactionalIdClaim:
         return self._id
 
     def end_dead_transactions(self) -> None:
-        """A member died? End its open transaction before reading what it wrote (see kafka_io)."""
+        """A member died? End its open transaction before reading what it wrote (see kafkaio.clients)."""
         cfg = self.config
         if not cfg.exactly_once or cfg.transactional_id or self._fd is None:
             return

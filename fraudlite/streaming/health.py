@@ -2,7 +2,7 @@
 
 The scorer's main thread can block for as long as the broker is away (kafka-python waits for a
 transaction commit without a timeout) and ``poll`` alone cannot tell "no traffic" from "no broker", so
-the connection is probed here every half second (``kafka_io.broker_connected``: the group coordinator is
+the connection is probed here every half second (``kafkaio.clients.broker_connected``: the group coordinator is
 known and connected; no request is sent). Transitions set the ``fraudlite_scorer_healthy`` and
 ``fraudlite_scorer_ready`` gauges and are logged once each (plus a reminder every 30 s while down);
 ``take_reconnected()`` tells the scorer to check its topics after an outage.
@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from fraudlite.streaming.kafka_io import broker_connected
+from fraudlite.kafkaio.clients import broker_connected
 from fraudlite.streaming.metrics import ScorerMetrics
 
 __all__ = ["BrokerHealth"]

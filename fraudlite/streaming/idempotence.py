@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
-from fraudlite.streaming.kafka_io import read_partition_to_end
+from fraudlite.kafkaio.clients import read_partition_to_end
 
 __all__ = [
     "POSITIONS_KEY",

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the streaming scorer (DESIGN.md conventions 5).
+"""Prometheus metrics of the streaming scorer (docs/ARCHITECTURE.md, "Metrics").
 
 ``ScorerMetrics(registry)`` builds every metric on the given ``CollectorRegistry`` (never the global one,
 never at import time), plus the standard process metrics (RSS, CPU, open fds) and Python info.
@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from fraudlite.streaming.decode import REASONS
+from fraudlite.kafkaio.wire import REASONS
 
 __all__ = [
     "ScorerMetrics",

@@ -1,6 +1,6 @@
 """What the scorer writes: decision/alert messages and DLQ records (pure encoding, no Kafka).
 
-Decision (and alert) value, UTF-8 JSON keyed by customer_id (DESIGN.md)::
+Decision (and alert) value, UTF-8 JSON keyed by customer_id (docs/ARCHITECTURE.md, "Topics and messages")::
 
     {"tx_id", "customer_id", "score", "decision" ("fraud" | "legit"), "threshold", "model_version",
      "scored_at" (ISO-8601 UTC, ms)}

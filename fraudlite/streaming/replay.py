@@ -6,7 +6,7 @@ the last second before the label becomes usable for terminal risk -- so labels a
 transaction that comes after that moment, as a chargeback feed would deliver them. Labels still pending
 after the last transaction are emitted at the end.
 
-pandas is imported lazily (through ``fraudlite.pipeline.data``) so ``import fraudlite.streaming`` stays light.
+pandas is imported lazily (through ``fraudlite.data.transactions``) so ``import fraudlite.streaming`` stays light.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def emission_order(ts: np.ndarray, release: np.ndarray | None) -> tuple[np.ndarr
 
 def _select(frame, start: str | None, end: str | None, limit: int | None):
     """Window by inclusive days, stable sort by time, keep the first ``limit`` rows."""
-    from fraudlite.pipeline.data import format_day, parse_day
+    from fraudlite.data.transactions import format_day, parse_day
 
     ts = frame["ts"].to_numpy()
     day = ts // SECONDS_PER_DAY
@@ -229,7 +229,7 @@ def replay(
     if labels_topic is not None and labels_topic == topic:
         raise ConfigError("--labels-topic must differ from --topic")
 
-    from fraudlite.pipeline.data import load_transactions
+    from fraudlite.data.transactions import load_transactions
 
     frame = load_transactions(data, dict(columns or {}), require_label=labels_topic is not None)
     frame = _select(frame, start, end, limit)
@@ -317,7 +317,7 @@ def _connect(bootstrap_servers: str, config: dict[str, Any]):
         "client_id": "fraudlite-replay",
     }
     producer_config.update(config)
-    from fraudlite.streaming.kafka_io import protect_secrets
+    from fraudlite.kafkaio.clients import protect_secrets
 
     protect_secrets(None, config.get("sasl_plain_password"), config.get("ssl_password"))
     admin_keys = set(KafkaAdminClient.DEFAULT_CONFIG)

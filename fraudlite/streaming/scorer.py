@@ -52,6 +52,8 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from fraudlite.features.online import OnlineFeatures, TerminalTable
+from fraudlite.kafkaio.clients import KafkaIOError, keep_alive, release_parked
+from fraudlite.kafkaio.wire import TransactionDecoder
 from fraudlite.streaming.assignment import PartitionRestorer, RebalanceListener
 from fraudlite.streaming.batch_features import batch_features
 from fraudlite.streaming.batch_output import (
@@ -76,10 +78,8 @@ from fraudlite.streaming.connection import (
     make_terminal_feed,
     topics_lost,
 )
-from fraudlite.streaming.decode import TransactionDecoder
 from fraudlite.streaming.flow import adapt_max_records, update_paused
 from fraudlite.streaming.health import BrokerHealth
-from fraudlite.streaming.kafka_io import KafkaIOError, keep_alive, release_parked
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.outputs import iso_now
 from fraudlite.streaming.partition_state import PartitionBook

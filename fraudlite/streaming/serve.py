@@ -16,8 +16,8 @@ from pathlib import Path
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from fraudlite.kafkaio.clients import KafkaIOError
 from fraudlite.streaming.config import ServeConfig
-from fraudlite.streaming.kafka_io import KafkaIOError
 from fraudlite.streaming.reload import LoadedModel, ModelReloader, load_model, resolve_champion
 from fraudlite.streaming.scorer import Scorer
 

@@ -32,7 +32,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from fraudlite.features.spec import SECONDS_PER_DAY
-from fraudlite.streaming.decode import DecodedBatch, TransactionDecoder
+from fraudlite.kafkaio.wire import DecodedBatch, TransactionDecoder
 
 __all__ = ["EventTimeSync", "Part"]
 

@@ -29,8 +29,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from fraudlite.features.online import TerminalTable
 from fraudlite.features.spec import SECONDS_PER_DAY
-from fraudlite.streaming.decode import DecodedBatch, LabelDecoder, TransactionDecoder
-from fraudlite.streaming.kafka_io import release_parked
+from fraudlite.kafkaio.clients import release_parked
+from fraudlite.kafkaio.wire import DecodedBatch, LabelDecoder, TransactionDecoder
 
 __all__ = ["TerminalFeed"]
 

@@ -1,4 +1,4 @@
-"""The contract every compression technique honours (DESIGN.md convention 7).
+"""The contract every compression technique honours (docs/ARCHITECTURE.md, "Compression stages").
 
 For each technique's stage function on the session's trained model: the output keeps the serving
 shape (raw features in, one score out), its size shrinks, validation AP stays within a bound on this

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraudlite.compression.distill import DistillConfig, compute_soft_targets, distill, distillation_loss
+from fraudlite.compression.distill import DistillConfig, distill
+from fraudlite.compression.soft_targets import compute_soft_targets, distillation_loss
 from fraudlite.errors import ConfigError
 
 

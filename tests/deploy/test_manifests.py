@@ -381,7 +381,7 @@ def test_k8s_references_resolve():
 def test_k8s_secret_template_is_plaintext_and_keys_match_fraudlite():
     secret = k8s_object("Secret", "fraudlite-kafka")["stringData"]
     assert secret["security-protocol"] == "PLAINTEXT" and secret["sasl-password"] == ""
-    from fraudlite.streaming.config import ENV_PREFIX, KafkaSecurity
+    from fraudlite.kafkaio.security import ENV_PREFIX, KafkaSecurity
 
     fields = {f.upper() for f in KafkaSecurity.__dataclass_fields__}
     deploy = k8s_object("Deployment", "fraudlite-scorer")

@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 
 from fraudlite.cli import main
+from fraudlite.data.transactions import load_transactions, write_table
 from fraudlite.errors import DataError
-from fraudlite.pipeline.data import load_transactions, write_table
+from fraudlite.pipeline.label_collect import CollectConfig, collect
 from fraudlite.pipeline.label_store import (
-    CollectConfig,
     LabelStore,
-    collect,
     decode_labels,
     decode_transactions,
     load_store,
@@ -166,7 +165,7 @@ def test_store_directory_errors(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def broker():
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -174,7 +173,7 @@ def broker():
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    from fraudlite.pipeline.simulator import SimulatorConfig, simulate
+    from fraudlite.data.simulator import SimulatorConfig, simulate
 
     path = tmp_path_factory.mktemp("store-data") / "tx.parquet"
     write_table(simulate(SimulatorConfig(n_customers=60, n_terminals=120, n_days=20, seed=3)), path)

@@ -18,6 +18,7 @@ from fraudlite.cli import main
 from fraudlite.errors import IntegrityError
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ModelDir
+from fraudlite.models.training import write_trained_model
 from fraudlite.pipeline.registry import (
     ChampionChangedError,
     Registry,
@@ -27,7 +28,6 @@ from fraudlite.pipeline.registry import (
     file_lock,
     read_champion,
 )
-from fraudlite.pipeline.training import write_trained_model
 
 
 def make_model(out: Path, version: str, weight: float = 0.1, ap: float | None = None) -> ModelDir:

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from fraudlite.cli import main
+from fraudlite.data.simulator import SimulatorConfig, simulate
+from fraudlite.data.transactions import format_day, load_transactions, parse_day, write_table
 from fraudlite.errors import ConfigError, DataError, FraudliteError
 from fraudlite.modeldir import ModelDir, write_model_dir
-from fraudlite.pipeline.data import format_day, load_transactions, parse_day, write_table
-from fraudlite.pipeline.evaluation import evaluate_window
+from fraudlite.models.evaluation import evaluate_window
+from fraudlite.models.training import train_model
 from fraudlite.pipeline.registry import Registry, RegistryBusyError, read_champion
 from fraudlite.pipeline.retrain import (
     COMPRESSION_UNAVAILABLE,
@@ -25,8 +27,6 @@ from fraudlite.pipeline.retrain import (
     decide,
     run_retrain,
 )
-from fraudlite.pipeline.simulator import SimulatorConfig, simulate
-from fraudlite.pipeline.training import train_model
 
 START = "2026-01-01"
 DAYS = 80
@@ -420,7 +420,7 @@ E2E_CONFIG = RetrainConfig(train_days=28, valid_days=7, delay_days=7, max_epochs
 
 @pytest.fixture(scope="module")
 def broker():
-    from fraudlite.streaming.broker import EmbeddedBroker
+    from fraudlite.kafkaio.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -488,7 +488,7 @@ def test_end_to_end_running_scorer_switches_to_the_scheduled_retrain(
     import subprocess
     import sys
 
-    from fraudlite.pipeline.evaluation import evaluate_scores, known_fraud_mask, score_frame
+    from fraudlite.models.evaluation import evaluate_scores, known_fraud_mask, score_frame
     from fraudlite.pipeline.scheduler import FakeClock, Scheduler
     from fraudlite.streaming.replay import replay
 

@@ -1,5 +1,5 @@
 """Fixtures of the reliability suite (issue 7): a real embedded broker for the session, a small model and
-topic factories. Helpers shared with the benchmarks live in ``reliability_support``.
+topic factories. Helpers shared with the benchmarks live in ``fraudlite.testing.reliability``.
 
 * ``rel_broker``: the session's shared embedded broker (``broker`` in tests/conftest.py); the broker
   fault test runs its own on a fixed port.
@@ -9,14 +9,9 @@ topic factories. Helpers shared with the benchmarks live in ``reliability_suppor
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reliability_support import (  # noqa: E402
+from fraudlite.testing.reliability import (  # noqa: E402
     create_topics,
     feature_stats,
     make_transactions,

@@ -1,7 +1,7 @@
 """Poison transaction messages: hypothesis strategies, a seeded generator (benchmarks), and an oracle.
 
 The oracle ``expected_reasons(value, limits)`` is an independent, slow, obviously-correct reading of the
-message contract (DESIGN.md + ``fraudlite.streaming.decode``): it returns the set of DLQ reasons a message
+message contract (docs/ARCHITECTURE.md + ``fraudlite.kafkaio.wire``): it returns the set of DLQ reasons a message
 may be rejected with (several when a message breaks several rules; the decoder reports one of them), or
 an empty set for a valid message.
 
@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import strategies as st
 
-from fraudlite.streaming.config import DecodeLimits
+from fraudlite.kafkaio.wire import DecodeLimits
 
 __all__ = [
     "KINDS",

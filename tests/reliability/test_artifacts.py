@@ -24,8 +24,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_support import make_transactions, produce, read_records, write_model
-from streaming_support import ScorerThread
 
 from fraudlite.cli import main
 from fraudlite.errors import IntegrityError, ModelDirError
@@ -33,6 +31,8 @@ from fraudlite.modeldir import SIGNING_KEY_ENV, ModelDir
 from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model, resolve_champion
 from fraudlite.streaming.serve import make_scorer
+from fraudlite.testing.reliability import make_transactions, produce, read_records, write_model
+from fraudlite.testing.streaming import ScorerThread
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fraudlite"
 
@@ -141,7 +141,7 @@ def test_registry_with_signing_key(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_running_scorer_refuses_bad_versions_and_keeps_serving(rel_broker, rel_topics, rel_data, tmp_path):
-    from reliability_support import feature_stats
+    from fraudlite.testing.reliability import feature_stats
 
     registry = tmp_path / "registry"
     stats = feature_stats(rel_data)

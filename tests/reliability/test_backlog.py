@@ -12,12 +12,18 @@ import os
 import uuid
 
 import pytest
-from reliability_support import decision_scores, make_transactions, offline_scores, produce, read_records
-from streaming_support import ScorerThread
 
 from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.reliability import (
+    decision_scores,
+    make_transactions,
+    offline_scores,
+    produce,
+    read_records,
+)
+from fraudlite.testing.streaming import ScorerThread
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,9 @@ import time
 import uuid
 
 import pytest
-from reliability_support import (
+
+from fraudlite.kafkaio.broker import EmbeddedBroker, free_port
+from fraudlite.testing.reliability import (
     ServeProcess,
     decision_counts,
     fraudlite_tracebacks,
@@ -22,8 +24,6 @@ from reliability_support import (
     produce,
     read_records,
 )
-
-from fraudlite.streaming.broker import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.integration
 

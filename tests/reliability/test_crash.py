@@ -26,7 +26,11 @@ from collections import Counter
 import numpy as np
 import pytest
 from poison_support import mix_poison, poison_messages
-from reliability_support import (
+
+from fraudlite.streaming.config import BatchConfig, ServeConfig
+from fraudlite.streaming.reload import load_model
+from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.reliability import (
     ServeProcess,
     committed_total,
     decision_counts,
@@ -40,11 +44,7 @@ from reliability_support import (
     reference_scores,
     serve_args,
 )
-from streaming_support import ScorerThread
-
-from fraudlite.streaming.config import BatchConfig, ServeConfig
-from fraudlite.streaming.reload import load_model
-from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.streaming import ScorerThread
 
 pytestmark = pytest.mark.integration
 

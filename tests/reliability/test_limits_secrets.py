@@ -21,8 +21,9 @@ import pytest
 
 from fraudlite.cli import build_parser, main
 from fraudlite.errors import ConfigError
-from fraudlite.streaming.config import DecodeLimits, ServeConfig, build_serve_config, kafka_security
-from fraudlite.streaming.decode import TransactionDecoder
+from fraudlite.kafkaio.security import kafka_security
+from fraudlite.kafkaio.wire import DecodeLimits, TransactionDecoder
+from fraudlite.streaming.config import ServeConfig, build_serve_config
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
 

@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from poison_support import expected_reasons, mix_poison, poison_message, poison_messages, render
-from reliability_support import make_transactions, produce_big, read_records, scorer_rate
-from streaming_support import ScorerThread
 
-from fraudlite.streaming.config import BatchConfig, DecodeLimits, ServeConfig
-from fraudlite.streaming.decode import REASONS, TransactionDecoder
+from fraudlite.kafkaio.wire import REASONS, DecodeLimits, TransactionDecoder
+from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.reliability import make_transactions, produce_big, read_records, scorer_rate
+from fraudlite.testing.streaming import ScorerThread
 
 LIMITS = DecodeLimits()
 

@@ -13,7 +13,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_support import (
+
+from fraudlite.streaming.config import BatchConfig, ServeConfig
+from fraudlite.streaming.reload import load_model
+from fraudlite.streaming.scorer import Scorer
+from fraudlite.streaming.serve import make_scorer
+from fraudlite.testing.reliability import (
     ServeProcess,
     assigned_partitions,
     committed_offsets,
@@ -32,12 +37,7 @@ from reliability_support import (
     unique_topics,
     write_model,
 )
-from streaming_support import ScorerThread
-
-from fraudlite.streaming.config import BatchConfig, ServeConfig
-from fraudlite.streaming.reload import load_model
-from fraudlite.streaming.scorer import Scorer
-from fraudlite.streaming.serve import make_scorer
+from fraudlite.testing.streaming import ScorerThread
 
 pytestmark = pytest.mark.integration
 

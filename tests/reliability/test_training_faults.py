@@ -170,7 +170,7 @@ class _Limited:
 def test_train_faults_leave_no_half_written_model(small, tmp_path, monkeypatch, capsys, fault, existing):
     import shutil
 
-    import fraudlite.models.train as train_module
+    import fraudlite.models.loop as train_module
 
     parent = tmp_path / "models"
     parent.mkdir()

@@ -6,15 +6,9 @@ import pytest
 
 from fraudlite.cli import build_parser
 from fraudlite.errors import ConfigError
-from fraudlite.streaming.config import (
-    BatchConfig,
-    DecodeLimits,
-    KafkaSecurity,
-    ServeConfig,
-    Topics,
-    build_serve_config,
-    kafka_security,
-)
+from fraudlite.kafkaio.security import KafkaSecurity, kafka_security
+from fraudlite.kafkaio.wire import DecodeLimits
+from fraudlite.streaming.config import BatchConfig, ServeConfig, Topics, build_serve_config
 
 
 def test_defaults(tmp_path):

@@ -261,7 +261,7 @@ def test_bad_arguments():
 
 def test_streaming_modules_import_neither_pandas_nor_torch():
     code = (
-        "import sys, fraudlite.streaming.replay, fraudlite.streaming.broker, fraudlite.cli; "
+        "import sys, fraudlite.streaming.replay, fraudlite.kafkaio.broker, fraudlite.cli; "
         "print(sorted(m for m in ('pandas', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from streaming_support import ScorerThread, feature_stats, make_transactions, produce, write_model
 
 from fraudlite.streaming.config import AT_LEAST_ONCE, BatchConfig, ServeConfig, Topics
 from fraudlite.streaming.scorer import Scorer
 from fraudlite.streaming.serve import make_scorer
+from fraudlite.testing.streaming import ScorerThread, feature_stats, make_transactions, produce, write_model
 
 pytestmark = pytest.mark.integration
 

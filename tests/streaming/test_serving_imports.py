@@ -1,4 +1,4 @@
-"""The serving process imports neither torch nor pandas (DESIGN.md import rule), checked in a fresh
+"""The serving process imports neither torch nor pandas (docs/ARCHITECTURE.md, "Conventions"), checked in a fresh
 interpreter: the ``serve`` entry point as the CLI reaches it, and the whole streaming serving path."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ args = build_parser().parse_args(["serve", "--model", "m", "--bootstrap-servers"
 from fraudlite.streaming.config import build_serve_config
 from fraudlite.streaming.scorer import Scorer
 from fraudlite.streaming.serve import make_scorer, run_serve
-import fraudlite.streaming, fraudlite.streaming.broker
-from fraudlite.streaming import decode, kafka_io, metrics, outputs, reload, serve, state_store, sync, terminal_feed
+import fraudlite.streaming, fraudlite.kafkaio.broker
+from fraudlite.kafkaio import clients, security, wire
+from fraudlite.streaming import metrics, outputs, reload, serve, state_store, sync, terminal_feed
 from fraudlite.features import online
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)))
 """

@@ -1,0 +1,75 @@
+"""``compress``: shrink a trained MLP within an average-precision budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fraudlite.cli.common import add_data_args, parse_columns
+
+__all__ = ["add_compression", "compress_command"]
+
+
+def compress_command(
+    model: str,
+    data: str,
+    columns: dict[str, str],
+    out: str,
+    recipe: str | None = None,
+    max_ap_drop: float = 0.005,
+) -> int:
+    """Validate cheap inputs first, compress, print the per-stage table."""
+    from fraudlite.compression import report as reporting
+    from fraudlite.compression.compress import check_max_ap_drop, compress_model_dir, load_source
+    from fraudlite.compression.recipe import default_recipe, load_recipe
+    from fraudlite.data.transactions import load_transactions
+
+    check_max_ap_drop(max_ap_drop)
+    parsed = load_recipe(recipe) if recipe else default_recipe()
+    md = load_source(model)
+    df = load_transactions(data, columns, require_label=True)
+    written = compress_model_dir(md, df, out, parsed, max_ap_drop)
+    report = json.loads((written.path / reporting.REPORT_JSON).read_text())
+    s = report["summary"]
+    print(reporting.stage_table(report["stages"]))
+    print(
+        f"\ncompact {s['compact_bytes']:,} B ({s['compact_ratio']:.1f}x smaller than the source ONNX), runnable "
+        f"{s['runnable_bytes']:,} B ({s['runnable_ratio']:.1f}x), {s['speedup_b256']:.2f}x rows/s at batch 256, "
+        f"{s['speedup_b1']:.2f}x at batch 1; validation AP drop {s['ap_drop']:+.4f} (max {max_ap_drop}); "
+        f"runtime {report['runtime']['chosen']}\nwrote {written.path} (version {written.version})"
+    )
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    return compress_command(
+        model=args.model,
+        data=args.data,
+        columns=parse_columns(args.columns),
+        out=args.out,
+        recipe=args.recipe,
+        max_ap_drop=args.max_ap_drop,
+    )
+
+
+def add_compression(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compress",
+        help="compress a trained MLP within an AP budget (distill, prune, share weights, encode, export)",
+        description="Runs the recipe's stages with an accuracy-bounded search on the model's validation "
+        "window and writes a model directory with the runnable ONNX (role onnx), the entropy-coded compact "
+        "artifact (role compact) and report.json / report.md / pareto.png.",
+    )
+    p.add_argument("--model", required=True, help="trained MLP model directory (with weights)")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="compressed model directory to write (atomically)")
+    p.add_argument("--recipe", help="recipe TOML: [[stage]] tables in order, [search], [export], [data], [teacher] "
+                   "(default: the built-in recipe)")  # fmt: skip
+    p.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=0.005,
+        help="largest validation average-precision loss allowed, absolute (default 0.005); to match another "
+        "model's accuracy, give the AP it loses (a tighter budget keeps more weights)",
+    )
+    p.set_defaults(func=_compress)

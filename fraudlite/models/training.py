@@ -1,0 +1,229 @@
+"""Training orchestration: data window -> features -> model -> thresholds -> model directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fraudlite.data.transactions import day_of, format_day, window_mask
+from fraudlite.errors import ConfigError, DataError
+from fraudlite.features.spec import FeatureSpec
+from fraudlite.modeldir import ONNX_FILE, SPEC_FILE, ModelDir, write_model_dir
+from fraudlite.models.evaluation import evaluate_scores, features_for
+from fraudlite.models.metrics import choose_thresholds
+
+__all__ = ["TrainConfig", "TrainingData", "prepare_training_data", "train_model", "write_trained_model"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_TYPES = ("mlp", "teacher", "logreg", "hgb")
+WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on. Days are UTC epoch day numbers, inclusive."""
+
+    train_start_day: int
+    train_end_day: int
+    valid_start_day: int | None = None
+    valid_end_day: int | None = None
+    valid_days: int = 7
+    delay_days: int = 7
+    model_type: str = "mlp"
+    seed: int = 0
+    max_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(
+                f"--model-type: expected one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}"
+            )
+        if self.train_end_day < self.train_start_day:
+            raise ConfigError(
+                f"--train-end {format_day(self.train_end_day)} is before --train-start {format_day(self.train_start_day)}"
+            )
+        if self.delay_days < 1:
+            raise ConfigError(
+                f"--delay-days must be >= 1 (labels of the same day are never known), got {self.delay_days}"
+            )
+        if self.valid_days < 1:
+            raise ConfigError(f"--valid-days must be >= 1, got {self.valid_days}")
+        if (self.valid_start_day is None) != (self.valid_end_day is None):
+            raise ConfigError("--valid-start and --valid-end go together")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+
+    @property
+    def valid_window(self) -> tuple[int, int]:
+        if self.valid_start_day is not None:
+            return self.valid_start_day, self.valid_end_day  # type: ignore[return-value]
+        return self.train_end_day - self.valid_days + 1, self.train_end_day
+
+    @property
+    def fit_window(self) -> tuple[int, int]:
+        """Training rows: the window minus a default (trailing) validation part."""
+        if self.valid_start_day is not None:
+            return self.train_start_day, self.train_end_day
+        end = self.train_end_day - self.valid_days
+        if end < self.train_start_day:
+            raise ConfigError(
+                f"the training window ({self.train_end_day - self.train_start_day + 1} days) must be longer than "
+                f"--valid-days {self.valid_days}"
+            )
+        return self.train_start_day, end
+
+    def data_window(self) -> dict:
+        fit, valid = self.fit_window, self.valid_window
+        return {
+            "train_start": format_day(fit[0]),
+            "train_end": format_day(fit[1]),
+            "valid_start": format_day(valid[0]),
+            "valid_end": format_day(valid[1]),
+            "delay_days": self.delay_days,
+        }
+
+
+@dataclass
+class TrainingData:
+    """Features of the whole file plus the train/validation row masks."""
+
+    df: pd.DataFrame
+    X: np.ndarray
+    train: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.df["label"].to_numpy().astype(np.float32)
+
+
+def _two_classes(y: np.ndarray, what: str, start: int, end: int) -> None:
+    n_fraud = int(y.sum())
+    if n_fraud == 0 or n_fraud == len(y):
+        raise DataError(
+            f"{what} {format_day(start)}..{format_day(end)} has a single class ({n_fraud} frauds in {len(y)} rows); "
+            "widen the window"
+        )
+
+
+def prepare_training_data(df: pd.DataFrame, config: TrainConfig, spec: FeatureSpec) -> TrainingData:
+    """Features from the whole file's history; labels only from the training window.
+
+    Raises:
+        DataError: empty window or a window with a single class.
+    """
+    fit_start, fit_end = config.fit_window
+    valid_start, valid_end = config.valid_window
+    train = window_mask(df, fit_start, fit_end, "training window")
+    valid = window_mask(df, valid_start, valid_end, "validation window")
+    y = df["label"].to_numpy()
+    _two_classes(y[train], "training window", fit_start, fit_end)
+    _two_classes(y[valid], "validation window", valid_start, valid_end)
+    t0 = time.perf_counter()
+    X = features_for(spec, df)
+    logger.info("features rows=%d features=%d seconds=%.1f", len(X), X.shape[1], time.perf_counter() - t0)
+    return TrainingData(df, X, train, valid)
+
+
+def _fit(data: TrainingData, config: TrainConfig):
+    """Train the requested model; returns (onnx bytes, weights writer or None, validation scores, normalization)."""
+    from fraudlite.models import (
+        TEACHER_CONFIG,
+        MLPConfig,
+        baseline_to_onnx,
+        export_mlp,
+        save_mlp,
+        standardization_stats,
+        train_baseline,
+        train_mlp,
+    )
+    from fraudlite.runtime import OnnxScorer
+
+    X, y = data.X, data.y
+    if config.model_type in ("mlp", "teacher"):
+        base = TEACHER_CONFIG if config.model_type == "teacher" else MLPConfig()
+        mlp_config = replace(base, seed=config.seed, max_epochs=config.max_epochs or base.max_epochs)
+        # Row masks instead of X[mask]: no copy of the training matrix (logs one progress line per epoch).
+        model, _history = train_mlp(X, y, X, y, mlp_config, train_rows=data.train, valid_rows=data.valid)
+        onnx_bytes = export_mlp(model)
+        mean, std = model.normalization()
+        valid_scores = OnnxScorer(onnx_bytes).score(X[data.valid])
+        return onnx_bytes, (lambda path: save_mlp(model, path)), valid_scores, (mean, std)
+    Xt, yt, Xv, yv = X[data.train], y[data.train], X[data.valid], y[data.valid]
+    model = train_baseline(config.model_type, Xt, yt, Xv, yv, seed=config.seed)
+    onnx_bytes = baseline_to_onnx(model).SerializeToString()
+    return onnx_bytes, None, OnnxScorer(onnx_bytes).score(Xv), standardization_stats(X, rows=data.train)
+
+
+def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out: str | Path) -> ModelDir:
+    """Train, pick thresholds on validation, and write the model directory atomically."""
+    t0 = time.perf_counter()
+    onnx_bytes, write_weights, valid_scores, (mean, std) = _fit(data, config)
+    threshold, alert_threshold = choose_thresholds(data.y[data.valid], valid_scores)
+    full_scores = np.zeros(len(data.df), dtype=np.float32)
+    full_scores[data.valid] = valid_scores
+    valid_metrics = evaluate_scores(data.df, full_scores, data.valid)
+    metrics = {"validation": valid_metrics, "train_seconds": round(time.perf_counter() - t0, 2)}
+    return write_trained_model(
+        out,
+        onnx_bytes=onnx_bytes,
+        spec=spec,
+        normalization={"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
+        write_weights=write_weights,
+        manifest={
+            "model_type": config.model_type,
+            "data_window": config.data_window(),
+            "threshold": threshold,
+            "alert_threshold": alert_threshold,
+            "feature_names": spec.names,
+            "metrics": metrics,
+            "compression": {"stages": []},
+            "parent_version": None,
+            "n_train": int(data.train.sum()),
+            "n_valid": int(data.valid.sum()),
+        },
+    )
+
+
+def write_trained_model(
+    out: str | Path,
+    onnx_bytes: bytes,
+    spec: FeatureSpec,
+    normalization: dict,
+    write_weights,
+    manifest: dict,
+    extra_files=None,
+) -> ModelDir:
+    """Write a model directory: ONNX, spec, optional weights, metrics report, manifest.
+
+    ``extra_files`` is an optional callable(tmpdir) -> {name: role} for further roles (compression).
+    """
+
+    def write(tmp: Path) -> dict[str, str]:
+        (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+        (tmp / SPEC_FILE).write_text(
+            json.dumps({"spec": spec.to_dict(), "normalization": normalization}, indent=2)
+        )
+        (tmp / METRICS_FILE).write_text(json.dumps(manifest.get("metrics", {}), indent=2))
+        roles = {ONNX_FILE: "onnx", SPEC_FILE: "spec", METRICS_FILE: "report"}
+        if write_weights is not None:
+            write_weights(tmp / WEIGHTS_FILE)
+            roles[WEIGHTS_FILE] = "weights"
+        if extra_files is not None:
+            roles.update(extra_files(tmp))
+        return roles
+
+    return write_model_dir(out, write, manifest)
+
+
+def days_covered(df: pd.DataFrame) -> tuple[str, str]:
+    day = day_of(df["ts"].to_numpy())
+    return format_day(day.min()), format_day(day.max())

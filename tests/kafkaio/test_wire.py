@@ -1,0 +1,147 @@
+"""TransactionDecoder: valid rows as columns, every invalid message with a reason, never an exception."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraudlite.features.offline import amount_to_cents
+from fraudlite.kafkaio.wire import REASONS, DecodeLimits, TransactionDecoder, timestamp_seconds
+
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def tx(**over) -> bytes:
+    msg = {"tx_id": "t1", "timestamp": T0_MS, "customer_id": "c1", "terminal_id": "m1", "amount": 12.34}
+    msg.update(over)
+    msg = {k: v for k, v in msg.items() if v is not ...}
+    return json.dumps(msg).encode()
+
+
+def reasons(values, limits=None) -> list[str]:
+    return [r for _, r in TransactionDecoder(limits).decode(values).invalid]
+
+
+def test_valid_rows_become_columns():
+    values = [
+        tx(tx_id="a", timestamp=T0_MS + 1999, amount=1.005),
+        tx(tx_id=7, customer_id=42, terminal_id=9, timestamp="2026-01-01T00:00:05Z", amount=3),
+        tx(tx_id="c", timestamp="2026-01-01T01:00:00+01:00", amount=0, extra={"x": [1, 2]}),
+        tx(tx_id="d", timestamp="2026-01-01 00:00:07.900", amount=99.995),
+        tx(tx_id="e", timestamp=str(T0_MS + 8000)),
+    ]
+    out = TransactionDecoder().decode(values)
+    assert out.invalid == []
+    assert out.index.tolist() == [0, 1, 2, 3, 4]
+    assert out.ts.dtype == np.int64 and out.amount_cents.dtype == np.int64
+    t0 = T0_MS // 1000
+    assert out.ts.tolist() == [t0 + 1, t0 + 5, t0, t0 + 7, t0 + 8]
+    assert out.tx_id == ["a", "7", "c", "d", "e"]
+    assert out.customer_id[1] == "42" and out.terminal_id[1] == "9"
+    expected = amount_to_cents([1.005, 3, 0, 99.995, 12.34]).tolist()
+    assert out.amount_cents.tolist() == expected
+
+
+def test_each_reason():
+    limits = DecodeLimits(max_message_bytes=200, max_id_chars=8, max_amount=1000.0)
+    cases = {
+        None: "empty",
+        b"": "empty",
+        tx(pad="x" * 300): "oversize",
+        b'{"tx_id": "\xff\xfe"}': "not_utf8",
+        b"{not json": "bad_json",
+        b'{"tx_id":"a","timestamp":1,"customer_id":"c","terminal_id":"t","amount":1} trailing': "bad_json",
+        b"[1, 2]": "not_object",
+        b'"just a string"': "not_object",
+        tx(amount=...): "missing_field",
+        tx(customer_id=None): "bad_type",
+        tx(amount="12.00"): "bad_type",
+        tx(tx_id=1.5): "bad_type",
+        tx(amount=True): "bad_type",
+        tx(customer_id=""): "bad_id",
+        tx(terminal_id="x" * 9): "bad_id",
+        tx(tx_id=10**20): "bad_id",
+        tx(amount=float("nan")): "bad_amount",
+        tx(amount=float("inf")): "bad_amount",
+        b'{"tx_id":"a","timestamp":1767225600000,"customer_id":"c","terminal_id":"t","amount":1e999}': "bad_amount",
+        tx(amount=-0.01): "bad_amount",
+        tx(amount=1000.01): "bad_amount",
+        tx(amount=10**60): "bad_amount",
+        tx(timestamp="yesterday"): "bad_timestamp",
+        tx(timestamp=1000): "bad_timestamp",
+        tx(timestamp="2150-01-01T00:00:00Z"): "bad_timestamp",
+        tx(timestamp=10**30): "bad_timestamp",
+        tx(timestamp=float("-inf")): "bad_timestamp",
+    }
+    values = [tx()] + list(cases) + [tx(tx_id="last")]
+    out = TransactionDecoder(limits).decode(values)
+    assert out.index.tolist() == [0, len(values) - 1]
+    assert out.tx_id == ["t1", "last"]
+    got = dict(out.invalid)
+    assert sorted(got) == list(range(1, len(values) - 1))
+    for i, (value, reason) in enumerate(cases.items(), start=1):
+        assert got[i] == reason, (value, got[i], reason)
+    assert set(got.values()) == set(REASONS)
+
+
+def test_integers_beyond_float_and_int64_range():
+    values = [tx(amount=10**400), tx(timestamp=10**400), tx(customer_id=10**400), tx()]
+    assert reasons(values) == ["bad_amount", "bad_timestamp", "bad_id"]
+
+
+def test_empty_batch():
+    out = TransactionDecoder().decode([])
+    assert len(out) == 0 and out.invalid == [] and out.ts.dtype == np.int64
+
+
+def test_timestamp_seconds_floors():
+    assert timestamp_seconds(-1) == -1
+    assert timestamp_seconds(1999) == 1
+    assert timestamp_seconds(1999.9) == 1
+    assert timestamp_seconds("1970-01-01T00:00:01.999Z") == 1
+    assert timestamp_seconds(True) is None
+    assert timestamp_seconds("") is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
+    max_leaves=20,
+)
+field_values = st.one_of(
+    json_values,
+    st.integers(min_value=0, max_value=2 * T0_MS),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+)
+near_valid = st.fixed_dictionaries(
+    {},
+    optional={k: field_values for k in ("tx_id", "timestamp", "customer_id", "terminal_id", "amount")},
+).map(lambda d: json.dumps(d).encode())
+garbage = st.one_of(
+    st.none(),
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    near_valid,
+    st.builds(lambda a, b: a[: len(a) // 2] + b, near_valid, st.binary(max_size=20)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(garbage, max_size=25))
+def test_garbage_never_raises_and_every_message_is_accounted_for(values):
+    batch = [tx(tx_id="ok-first")] + values + [tx(tx_id="ok-last")]
+    out = TransactionDecoder(DecodeLimits(max_message_bytes=256)).decode(batch)
+    positions = out.index.tolist() + [i for i, _ in out.invalid]
+    assert sorted(positions) == list(range(len(batch)))
+    assert {r for _, r in out.invalid} <= set(REASONS)
+    assert out.tx_id[0] == "ok-first" and out.tx_id[-1] == "ok-last"
+    n = len(out)
+    assert len(out.ts) == len(out.customer_id) == len(out.terminal_id) == len(out.amount_cents) == n
+    assert (out.amount_cents >= 0).all()
+    assert all(0 < len(x) <= 128 for x in out.customer_id + out.terminal_id + out.tx_id)
