@@ -6,6 +6,7 @@ Every import counts, including those inside functions: a lazy import still ties 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -234,3 +235,18 @@ def test_no_file_points_outside_the_repository(outside):
         if outside in path.read_text(errors="ignore"):
             hits.append(name)
     assert hits == []
+
+
+def test_citations_of_the_architecture_name_its_sections():
+    """``docs/ARCHITECTURE.md, "Section"`` in any project file names a heading of that document."""
+    doc = ROOT / "docs" / "ARCHITECTURE.md"
+    headings = {line.lstrip("#").strip() for line in doc.read_text().splitlines() if line.startswith("#")}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cited = {}
+    for name in tracked.split():
+        path = ROOT / name
+        if path.suffix in (".py", ".md", ".toml") and path.is_file() and path != Path(__file__).resolve():
+            for section in re.findall(r'ARCHITECTURE\.md, "([^"]+)"', path.read_text()):
+                cited.setdefault(section, name)
+    assert cited, "no citation found: the pattern is wrong"
+    assert {s: f for s, f in cited.items() if s not in headings} == {}

@@ -211,10 +211,13 @@ def claim_transactional_id(group_id: str, bootstrap: str, lock_dir: str | None =
         fd = os.open(os.path.join(root, f"{digest}-{slot}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by a live process: try the next slot
             os.close(fd)
             slot += 1
             continue
+        except OSError:  # no flock here (e.g. ENOLCK): not "held", or this would loop forever
+            os.close(fd)
+            raise
         return f"{group_id}-{host}-{slot}", fd
 
 
@@ -265,6 +268,8 @@ def partition_counts(admin: KafkaAdminClient, topics: Iterable[str]) -> dict[str
     """``{topic: number of partitions}`` for the topics that exist."""
     wanted = set(topics)
     out: dict[str, int] = {}
+    if not wanted:  # describe_topics([]) describes every topic
+        return out
     for meta in admin.describe_topics(sorted(wanted)):
         if meta.get("error_code", 0) == 0 and meta.get("partitions"):
             out[meta.get("name") or meta.get("topic")] = len(meta["partitions"])

@@ -7,6 +7,7 @@ Secrets are fields with ``repr=False`` and are never logged: ``KafkaSecurity.des
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -129,8 +130,10 @@ def _file_values(path: str | os.PathLike) -> dict[str, object]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or key not in _FILE_KEYS:
+            key = re.split(r"[\s:]", key, maxsplit=1)[0]  # never the value of a `key: value` line
             raise ConfigError(
-                f"--kafka-config {path}:{lineno}: unknown key {key!r} (known: {', '.join(_FILE_KEYS)})"
+                f"--kafka-config {path}:{lineno}: unknown key {key!r} (key=value lines; known: "
+                f"{', '.join(_FILE_KEYS)})"
             )
         values[_FILE_KEYS[key]] = _coerce(_FILE_KEYS[key], value.strip())
     return values

@@ -9,9 +9,11 @@ Modules, one concept each: ``config`` (settings), ``sync`` (event-time lockstep 
 ``terminal_feed`` (global terminal table), ``state_store`` (changelog of customer state), ``outputs``
 (decision/DLQ encoding), ``metrics`` (Prometheus), ``reload`` (model loading and hot reload),
 ``idempotence`` (outputs a crashed predecessor already wrote), ``health`` (broker connection watch),
-``scorer`` (the consumer-group member: lifecycle and run loop) with its parts ``connection`` (topics,
-clients, transactional id), ``assignment`` (rebalances, state restore), ``batch_features``,
-``batch_output`` (decisions/alerts/DLQ/changelog sends, commit), ``flow`` (batch size, pausing),
+``scorer`` (the consumer-group member: lifecycle and run loop) with its parts ``settings`` (the frozen
+settings of each part), ``clients`` (the Kafka clients in one object), ``checkpoint`` (one batch's
+transaction: outputs, changelog, offsets, commit or abort), ``connection`` (topics, client construction,
+transactional id), ``assignment`` (rebalances, state restore), ``batch_features``,
+``batch_output`` (decisions/alerts/DLQ/changelog records), ``flow`` (batch size, pausing),
 ``partition_state`` and ``reporting`` (summary, per-batch metrics), ``serve`` (the command) and ``replay``.
 """
 

@@ -21,19 +21,19 @@ import logging
 from collections.abc import Callable
 from time import perf_counter
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 
 from fraudlite.features.online import CustomerState, OnlineFeatures, TerminalTable
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.kafkaio.clients import KafkaIOError, keep_alive, read_partition_to_end
+from fraudlite.kafkaio.clients import KafkaIOError, read_partition_to_end
 from fraudlite.kafkaio.wire import TransactionDecoder
-from fraudlite.streaming.config import ServeConfig
+from fraudlite.streaming.clients import ScorerClients
 from fraudlite.streaming.idempotence import OUTPUT_KINDS, POSITIONS_KEY, decode_positions, scan_outputs
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.partition_state import PartitionBook
+from fraudlite.streaming.settings import RestoreSettings
 from fraudlite.streaming.state_store import ChangelogWriter, restore_state
-from fraudlite.streaming.terminal_feed import TerminalFeed
 
 __all__ = ["RebalanceListener", "PartitionRestorer"]
 
@@ -82,48 +82,41 @@ class PartitionRestorer:
     """Rebuilds and positions owned input partitions over one session's clients (main thread only).
 
     Args:
-        config: serve settings.
+        settings: topics, idempotent outputs, where to start, read timeouts.
         spec: the feature spec of the online state.
         decoder: decodes the input records replayed into a restored state.
         metrics: the scorer's metrics (restore time).
         online: the online features holding each partition's customer state.
         book: the scorer's per-partition bookkeeping (changelog writers, dirty customers, outputs).
-        partitions: partition count of each topic.
-        consumer: the group member (committed offsets, seeks, keep-alive).
-        restore_reader: a ``read_committed`` consumer without a group, for the changelog and replays.
-        end_reader: a consumer without a group, for end offsets.
-        feed: the terminal feed (told which partitions the scorer's batches cover, from where).
+        clients: the session's clients: the group member (committed offsets, seeks, keep-alive), a
+            ``read_committed`` reader without a group for the changelog and replays, a reader for end
+            offsets, the terminal feed (told which partitions the scorer's batches cover, from where) and
+            the topics' partition counts.
     """
 
     def __init__(
         self,
-        config: ServeConfig,
+        settings: RestoreSettings,
         spec: FeatureSpec,
         decoder: TransactionDecoder,
         metrics: ScorerMetrics,
         online: OnlineFeatures,
         book: PartitionBook,
-        partitions: dict[str, int],
-        consumer: KafkaConsumer,
-        restore_reader: KafkaConsumer,
-        end_reader: KafkaConsumer,
-        feed: TerminalFeed,
+        clients: ScorerClients,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.spec = spec
         self.decoder = decoder
         self.metrics = metrics
         self.online = online
         self.book = book
-        self.partitions = partitions
-        self.consumer = consumer
-        self.restore_reader = restore_reader
-        self.end_reader = end_reader
-        self.feed = feed
-        self._timeout_s = config.transaction_timeout_ms / 1000 + 30
-
-    def _keep_alive(self) -> None:
-        keep_alive(self.consumer)
+        self.partitions = clients.partitions
+        self.consumer = clients.consumer
+        self.restore_reader = clients.restore_reader
+        self.end_reader = clients.end_reader
+        self.feed = clients.feed
+        self._keep_alive = clients.keep_alive
+        self._timeout_s = settings.timeout_s
 
     # -- on assignment --------------------------------------------------------------------------------
 
@@ -173,9 +166,7 @@ class PartitionRestorer:
             current = writer is not None and p in self.online.states and writer.input_offset == committed
             if not current:
                 self.restore(p)
-            elif (
-                self.config.idempotent_outputs
-            ):  # kept state; another member may still have written outputs meanwhile
+            elif self.settings.idempotent:  # kept state: another member may have written outputs since
                 self.scan_outputs(p, self.book.output_positions(p))
             self.rewind(tp)
         for p in set(self.feed.owned) - {tp.partition for tp in assigned}:
@@ -200,23 +191,23 @@ class PartitionRestorer:
             consumer.seek(tp, held)
         elif committed is not None:
             consumer.seek(tp, committed)
-        elif self.config.auto_offset_reset == "earliest":
+        elif self.settings.auto_offset_reset == "earliest":
             consumer.seek_to_beginning(tp)
         else:
             consumer.seek_to_end(tp)
         position = consumer.position(tp)
         decided = self.book.decided.get(tp.partition)
         if decided is not None:  # an uncommitted batch covers at most max_records records from here
-            decided.until = position + self.config.batch.max_records
+            decided.until = position + self.settings.max_records
         self.feed.own(tp.partition, position)
 
     # -- state ----------------------------------------------------------------------------------------
 
     def restore(self, partition: int) -> None:
         """Rebuild ``partition``'s customer state: changelog, then the committed input since its last record."""
-        cfg, spec, book = self.config, self.spec, self.book
+        topics, spec, book = self.settings.topics, self.spec, self.book
         t0 = perf_counter()
-        if not cfg.state_changelog:
+        if topics.changelog is None:
             self.online.set_state(partition, CustomerState(spec))
             book.writers[partition] = ChangelogWriter()
             return
@@ -224,7 +215,7 @@ class PartitionRestorer:
         read_partition_to_end(
             self.restore_reader,
             self.end_reader,
-            TopicPartition(cfg.topics.changelog, partition),
+            TopicPartition(topics.changelog, partition),
             lambda batch: records.extend((r.key, r.value) for r in batch),
             timeout_s=self._timeout_s,
             tick=self._keep_alive,
@@ -244,7 +235,7 @@ class PartitionRestorer:
         # Customers changed by the replay are in no changelog record yet: the next one must carry them,
         # else a later restore that starts from that record (past the replayed range) loses them.
         book.dirty[partition] = touched
-        decided = self.scan_outputs(partition, positions) if self.config.idempotent_outputs else 0
+        decided = self.scan_outputs(partition, positions) if self.settings.idempotent else 0
         seconds = perf_counter() - t0
         self.metrics.state_restore_seconds.observe(seconds)
         logger.info(
@@ -266,7 +257,7 @@ class PartitionRestorer:
         Returns:
             How many input records were replayed.
         """
-        tp = TopicPartition(self.config.topics.input, partition)
+        tp = TopicPartition(self.settings.topics.input, partition)
         committed = self.consumer.committed(tp)
         if committed is None or writer.input_offset >= committed:
             return 0
@@ -295,7 +286,7 @@ class PartitionRestorer:
     def scan_outputs(self, partition: int, start: dict[str, int] | None) -> int:
         """What a predecessor already wrote for ``partition`` (``idempotence.scan_outputs``); returns how
         many outputs were found (each is skipped once when its input is processed again)."""
-        topics, counts = self.config.topics, self.partitions
+        topics, counts = self.settings.topics, self.partitions
         n_in = counts[topics.input]
         outputs = {
             kind: topic

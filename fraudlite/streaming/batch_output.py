@@ -13,42 +13,29 @@ The per-partition bookkeeping is updated as the batch goes: the changelog writer
 the customers changed since the last changelog record, and the end of the predecessor's range.
 
 ``changelog_records`` builds the changelog records of every partition with changed customers
-(``state_store.ChangelogWriter``); ``send_changelog`` appends them to the batch, ``flush_changelog`` in
-their own transaction (graceful stop). ``commit_batch`` commits the batch's input offsets.
+(``state_store.ChangelogWriter``); ``send_changelog`` appends them to the batch. When each is sent and
+how the batch is committed is ``checkpoint.Checkpoint``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer, TopicPartition
 
 from fraudlite.features.online import CustomerState
 from fraudlite.kafkaio.bulk_send import send_many
-from fraudlite.kafkaio.clients import KafkaIOError
-from fraudlite.streaming.config import ServeConfig
 from fraudlite.streaming.idempotence import OUTPUT_KINDS, POSITIONS_KEY, Decided, encode_positions
-from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.outputs import dlq_envelope, dlq_headers, dlq_truncate, encode_decisions
 from fraudlite.streaming.partition_state import PartitionBook
 from fraudlite.streaming.reload import LoadedModel
+from fraudlite.streaming.settings import OutputSettings
 from fraudlite.streaming.state_store import ChangelogWriter
 from fraudlite.streaming.sync import Part
 
-__all__ = [
-    "SentBatch",
-    "send_outputs",
-    "dlq_record",
-    "changelog_records",
-    "send_changelog",
-    "flush_changelog",
-    "commit_batch",
-    "check_sent",
-]
+__all__ = ["ChangelogBatch", "SentBatch", "send_outputs", "dlq_record", "changelog_records", "send_changelog"]
 
 ChangelogBatch = list[tuple[int, list[tuple[bytes, bytes | None]]]]  # [(partition, [(key, value)])]
 
@@ -90,8 +77,8 @@ def dlq_record(
 
 def send_outputs(
     producer: KafkaProducer,
-    config: ServeConfig,
-    partitions: dict[str, int],
+    settings: OutputSettings,
+    partitions: Mapping[str, int],
     parts: list[Part],
     scores: np.ndarray,
     model: LoadedModel,
@@ -102,7 +89,7 @@ def send_outputs(
 
     Args:
         producer: the scorer's producer (inside the batch's transaction when exactly-once).
-        config: serve settings.
+        settings: the output topics and how to write them.
         partitions: partition count of each topic.
         parts: the batch, ``[(tp, records, decoded)]``.
         scores: one score per valid transaction, in the order of ``parts``.
@@ -113,13 +100,13 @@ def send_outputs(
     Returns:
         What was sent (futures not awaited).
     """
-    topics = config.topics
+    topics = settings.topics
     send = producer.send
     n_out = partitions[topics.output]
     n_alert = partitions[topics.alerts]
     n_dlq = partitions[topics.dlq]
     n_input = partitions[topics.input]
-    track_dirty = config.state_changelog
+    track_dirty = settings.track_changes
     writers, dirty, decided_by_p = book.writers, book.dirty, book.decided
     offset = 0
     n_fraud = n_alerts = 0
@@ -173,10 +160,12 @@ def send_outputs(
                 decided.dlq.discard(r.offset)
                 suppressed["dlq"] += 1
                 continue
-            key, value, headers = dlq_record(reason, tp, r, config.dlq_max_value_bytes, config.dlq_envelope)
+            key, value, headers = dlq_record(
+                reason, tp, r, settings.dlq_max_value_bytes, settings.dlq_envelope
+            )
             futures.append(send(topics.dlq, value=value, key=key, headers=headers, partition=dlq_p))
             last_sent[("dlq", p)] = futures[-1]
-        if config.idempotent_outputs:
+        if settings.idempotent:
             # Lower bound of where this batch's outputs of partition p start, committed with it.
             futures.append(
                 send(topics.changelog, key=POSITIONS_KEY, partition=p,
@@ -187,7 +176,7 @@ def send_outputs(
     return SentBatch(futures, last_sent, suppressed, n_fraud, n_alerts, invalid_reasons)
 
 
-def changelog_records(book: PartitionBook, states: dict[int, CustomerState]) -> ChangelogBatch:
+def changelog_records(book: PartitionBook, states: Mapping[int, CustomerState]) -> ChangelogBatch:
     """Changelog records for every partition with customers changed since its last record (``states``:
     each partition's customer state); forgets those changes."""
     out = []
@@ -205,60 +194,3 @@ def send_changelog(producer: KafkaProducer, topic: str, changelog: ChangelogBatc
     for p, records in changelog:
         futures += send_many(producer, topic, p, [k for k, _ in records], [v for _, v in records])
     return futures
-
-
-def flush_changelog(
-    producer: KafkaProducer, exactly_once: bool, topic: str, take_records: Callable[[], ChangelogBatch]
-) -> None:
-    """Persist changed state now (graceful stop): ``take_records()`` in its own transaction, no offsets.
-
-    Raises:
-        KafkaError: the records could not be written.
-    """
-    if exactly_once:
-        producer.begin_transaction()
-    for p, records in take_records():
-        for key, value in records:
-            producer.send(topic, value=value, key=key, partition=p)
-    if exactly_once:
-        producer.commit_transaction()
-    else:
-        producer.flush()
-
-
-def commit_batch(
-    producer: KafkaProducer,
-    consumer: KafkaConsumer,
-    parts: list[Part],
-    futures: list,
-    exactly_once: bool,
-    metrics: ScorerMetrics,
-) -> None:
-    """Commit the batch's input offsets: in its transaction (exactly-once), else after its outputs.
-
-    Raises:
-        KafkaError / KafkaIOError: the commit (or, at-least-once, a send) failed.
-    """
-    offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records, _ in parts}
-    try:
-        if exactly_once:
-            producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-            producer.commit_transaction()
-        else:
-            producer.flush()
-            check_sent(futures)
-            consumer.commit(offsets)
-    except KafkaError:
-        metrics.commit_failures.labels("transaction" if exactly_once else "commit").inc()
-        raise
-
-
-def check_sent(futures: list) -> None:
-    """Raise if any completed send failed.
-
-    Raises:
-        KafkaIOError: a record could not be produced.
-    """
-    for f in futures:
-        if f.failed():
-            raise KafkaIOError(f"produce failed: {f.exception}")

@@ -3,7 +3,7 @@
 Topics are created here (``ensure_serving_topics``), with their partition counts and configs, never
 implicitly by a send: the output topics get as many partitions as the input (idempotent outputs need
 them aligned), the changelog too (compacted). The client factories only fix the settings every scorer
-uses; the scorer owns the clients' lifecycle.
+uses; ``clients.ScorerClients`` owns the clients' lifecycle.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fraudlite.kafkaio.clients import (
     make_producer,
 )
 from fraudlite.kafkaio.wire import LabelDecoder, TransactionDecoder
-from fraudlite.streaming.config import ServeConfig
+from fraudlite.streaming.settings import ClientSettings
 from fraudlite.streaming.terminal_feed import TerminalFeed
 
 __all__ = [
@@ -40,8 +40,6 @@ __all__ = [
     "make_end_reader",
     "make_terminal_feed",
     "make_group_consumer",
-    "abort_transaction",
-    "close_clients",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,13 +47,13 @@ logger = logging.getLogger(__name__)
 _NO_AUTO_CREATE = {"allow_auto_create_topics": False}
 
 
-def ensure_serving_topics(config: ServeConfig) -> tuple[dict[str, int], dict[str, str | None]]:
+def ensure_serving_topics(settings: ClientSettings) -> tuple[dict[str, int], dict[str, str | None]]:
     """Create missing topics; return their partition counts and topic ids (None if not reported).
 
     Raises:
         KafkaIOError / KafkaError / OSError: the broker could not be reached.
     """
-    cfg, topics = config, config.topics
+    cfg, topics = settings, settings.topics
     # A short first-contact timeout: the retry loop in Scorer.connect() reports and backs off instead of
     # kafka-python waiting 30 s in silence for a broker that is not there (yet).
     admin = make_admin(
@@ -67,7 +65,7 @@ def ensure_serving_topics(config: ServeConfig) -> tuple[dict[str, int], dict[str
         specs = [TopicSpec(t, n) for t in (topics.output, topics.alerts, topics.dlq)]
         if topics.labels:
             specs.append(TopicSpec(topics.labels, cfg.partitions))
-        if cfg.state_changelog and topics.changelog:
+        if topics.changelog:
             specs.append(TopicSpec(topics.changelog, n, {"cleanup.policy": "compact"}))
         counts.update(ensure_topics(admin, specs))
         ids = {
@@ -78,22 +76,22 @@ def ensure_serving_topics(config: ServeConfig) -> tuple[dict[str, int], dict[str
     return counts, ids
 
 
-def topics_lost(config: ServeConfig, known_ids: dict[str, str | None]) -> list[str] | None:
+def topics_lost(settings: ClientSettings, known_ids: dict[str, str | None]) -> list[str] | None:
     """After the broker came back: the topics it lost (recreated with another id: the embedded broker
     keeps nothing across a restart; Kafka does); None when they could not be checked (yet)."""
     try:
-        _, ids = ensure_serving_topics(config)
+        _, ids = ensure_serving_topics(settings)
     except (KafkaError, KafkaIOError, OSError) as e:
         logger.warning("checking topics after the outage failed (%s); retrying", e)
         return None
     return sorted(t for t, i in known_ids.items() if i is not None and ids.get(t) != i)
 
 
-def check_changelog_partitions(config: ServeConfig, counts: dict[str, int]) -> None:
+def check_changelog_partitions(settings: ClientSettings, counts: dict[str, int]) -> None:
     """Raises UserError when the changelog's partitions do not match the input's."""
-    topics = config.topics
+    topics = settings.topics
     n = counts[topics.input]
-    if config.state_changelog and topics.changelog and counts[topics.changelog] != n:
+    if topics.changelog and counts[topics.changelog] != n:
         raise UserError(
             f"changelog topic {topics.changelog} has {counts[topics.changelog]} partitions but the input "
             f"topic {topics.input} has {n}; they must match (delete the changelog or use another group id)"
@@ -105,18 +103,18 @@ class TransactionalIdClaim:
     ending its predecessor's transaction): the configured one, else this host's first free slot
     (``kafkaio.clients.claim_transactional_id``), held until ``release``."""
 
-    def __init__(self, config: ServeConfig) -> None:
-        self.config = config
-        self._id: str | None = config.transactional_id
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self._id: str | None = settings.transactional_id
         self._fd: int | None = None
 
     def get(self) -> str:
         if self._id is None:
-            cfg = self.config
+            cfg = self.settings
             try:
                 self._id, self._fd = claim_transactional_id(cfg.group_id, cfg.bootstrap_servers)
             except OSError as e:
-                self._id = cfg.resolved_transactional_id()
+                self._id = cfg.fallback_transactional_id
                 logger.warning(
                     "no stable transactional id (%s); using %s: after a crash, restarting does not end "
                     "this process's open transaction", e, self._id,
@@ -126,7 +124,7 @@ class TransactionalIdClaim:
 
     def end_dead_transactions(self) -> None:
         """A member died? End its open transaction before reading what it wrote (see kafkaio.clients)."""
-        cfg = self.config
+        cfg = self.settings
         if not cfg.exactly_once or cfg.transactional_id or self._fd is None:
             return
         ended = end_dead_transactions(
@@ -140,14 +138,14 @@ class TransactionalIdClaim:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if not self.config.transactional_id:
+            if not self.settings.transactional_id:
                 self._id = None
 
 
-def make_scorer_producer(config: ServeConfig, transactional_id: str | None) -> KafkaProducer:
+def make_scorer_producer(settings: ClientSettings, transactional_id: str | None) -> KafkaProducer:
     """The outputs' producer: transactional with ``transactional_id`` (``init_transactions`` is the
     caller's), else a plain ``acks=all`` one. Like every client here it never creates a topic."""
-    cfg = config
+    cfg = settings
     common = {"linger_ms": 5, "batch_size": 256 * 1024, "client_id": cfg.client_id, **_NO_AUTO_CREATE}
     if transactional_id is not None:
         return make_producer(
@@ -157,46 +155,28 @@ def make_scorer_producer(config: ServeConfig, transactional_id: str | None) -> K
     return make_producer(cfg.bootstrap_servers, cfg.security, acks="all", **common)
 
 
-def abort_transaction(producer: KafkaProducer) -> bool:
-    """Abort the producer's open transaction, if any; False when the producer cannot go on (fenced or
-    broken: it is closed, the caller makes a new one with the same transactional id)."""
-    try:
-        producer.abort_transaction()
-        return True
-    except KafkaError as e:
-        logger.info("abort_transaction: %s; recreating the producer", e)
-    except Exception as e:  # noqa: BLE001 - e.g. IllegalStateError when no transaction is open
-        logger.debug("abort_transaction: %s", e)
-        return True
-    try:
-        producer.close(timeout=0)
-    except Exception:  # noqa: BLE001
-        pass
-    return False
-
-
-def make_restore_reader(config: ServeConfig) -> KafkaConsumer:
+def make_restore_reader(settings: ClientSettings) -> KafkaConsumer:
     """A group-less ``read_committed`` consumer for restores (changelog, replays, output scans)."""
-    cfg = config
+    cfg = settings
     return make_consumer(
         cfg.bootstrap_servers, cfg.security, isolation_level="read_committed",
         client_id=f"{cfg.client_id}-restore", fetch_max_wait_ms=100, **_NO_AUTO_CREATE,
     )  # fmt: skip
 
 
-def make_end_reader(config: ServeConfig) -> KafkaConsumer:
+def make_end_reader(settings: ClientSettings) -> KafkaConsumer:
     """A group-less consumer for end offsets."""
-    cfg = config
+    cfg = settings
     return make_consumer(
         cfg.bootstrap_servers, cfg.security, client_id=f"{cfg.client_id}-offsets", **_NO_AUTO_CREATE
     )
 
 
 def make_terminal_feed(
-    config: ServeConfig, terminals: TerminalTable, decoder: TransactionDecoder
+    settings: ClientSettings, terminals: TerminalTable, decoder: TransactionDecoder
 ) -> TerminalFeed:
     """The terminal feed over its own consumer (``assign`` is the caller's)."""
-    cfg, topics = config, config.topics
+    cfg, topics = settings, settings.topics
     consumer = make_consumer(
         cfg.bootstrap_servers, cfg.security, isolation_level="read_committed",
         client_id=f"{cfg.client_id}-terminals", fetch_max_wait_ms=100, max_poll_records=100_000,
@@ -207,34 +187,13 @@ def make_terminal_feed(
     )
 
 
-def make_group_consumer(config: ServeConfig) -> KafkaConsumer:
+def make_group_consumer(settings: ClientSettings) -> KafkaConsumer:
     """The group member's consumer (not subscribed yet)."""
-    cfg = config
+    cfg = settings
     return make_consumer(
         cfg.bootstrap_servers, cfg.security, group_id=cfg.group_id, isolation_level="read_committed",
         auto_offset_reset=cfg.auto_offset_reset, session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
-        max_poll_records=cfg.batch.max_records, fetch_max_wait_ms=min(cfg.batch.max_ms, 500),
+        max_poll_records=cfg.max_poll_records, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         client_id=cfg.client_id, **_NO_AUTO_CREATE,
     )  # fmt: skip
-
-
-def close_clients(
-    consumer: KafkaConsumer | None,
-    producer: KafkaProducer | None,
-    restore_reader: KafkaConsumer | None,
-    end_reader: KafkaConsumer | None,
-    feed: TerminalFeed | None,
-) -> None:
-    """Close a session's clients, best effort (None = never created); the consumer leaves the group."""
-    if consumer is not None:
-        try:
-            consumer.close(autocommit=False)  # leaves the group
-        except Exception as e:  # noqa: BLE001 - closing is best effort
-            logger.debug("consumer close: %s", e)
-    for client in (producer, restore_reader, end_reader, feed and feed.consumer):
-        if client is not None:
-            try:
-                client.close(timeout=5) if client is producer else client.close()
-            except Exception as e:  # noqa: BLE001
-                logger.debug("client close: %s", e)

@@ -10,13 +10,12 @@ Per micro-batch (at most ``batch.max_records`` records; ``poll`` waits at most `
     one ONNX Runtime call for the whole batch             -> scores
     produce decisions (+ alerts, + DLQ, + changelog)      -> one Kafka transaction ...
     send_offsets_to_transaction + commit                  -> ... that also commits the input offsets
+                                                             (Checkpoint.commit)
 
-Exactly-once (default): the transactional producer carries the consumer's group metadata (KIP-447), so
-a member that lost its partitions in a rebalance cannot commit; any failed transaction is aborted and
-the in-memory state of every assigned partition is rebuilt (changelog + replay of the committed input
-since its last record) before processing resumes from the committed offsets. At-least-once: produce
-and flush the outputs, then the changelog, then commit the offsets; a crash in between repeats
-decisions but never applies a record to the state twice (the state knows its input offset).
+Exactly-once (default): a member that lost its partitions in a rebalance cannot commit (KIP-447); any
+failed transaction is aborted and the in-memory state of every assigned partition is rebuilt
+(changelog + replay of the committed input since its last record) before processing resumes from the
+committed offsets. At-least-once: outputs, then changelog, then offsets (``checkpoint``).
 
 Customer state follows partitions (``state_store``): every ``changelog_interval_s`` the customers
 changed since go to a compacted changelog topic inside the batch's transaction; on assignment the
@@ -29,11 +28,13 @@ changelog records, so a state that includes a batch implies all of that batch's 
 ``transactional.id`` is stable per host slot (``claim_transactional_id``), so a restarted scorer ends
 its predecessor's open transaction; the group member is kept alive during long restores.
 
-The scorer's collaborators, one concept each: ``connection`` (topics, transactional id, clients),
-``assignment`` (rebalance listener; restore, output scan and positioning of assigned partitions),
-``batch_output`` (a batch's decisions, alerts, DLQ, ``positions`` and changelog records) and
-``batch_features`` (a batch's online features), ``partition_state`` (the per-partition bookkeeping they
-share), ``reporting`` (summary, metrics) and ``flow`` (batch size, paused partitions).
+The scorer's collaborators, one concept each: ``settings`` (what each collaborator is configured with,
+built here once), ``clients`` (the Kafka clients of a session) over ``connection`` (topics,
+transactional id, client factories), ``checkpoint`` (a batch's transaction), ``assignment`` (rebalance
+listener; restore, output scan and positioning of assigned partitions), ``batch_output`` (a batch's
+decisions, alerts, DLQ, ``positions`` and changelog records) and ``batch_features`` (a batch's online
+features), ``partition_state`` (the per-partition bookkeeping they share), ``reporting`` (summary,
+metrics) and ``flow`` (batch size, paused partitions).
 
 The ``fraudlite serve`` entry point around it is ``fraudlite.streaming.serve.run_serve``.
 """
@@ -44,6 +45,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from time import perf_counter
 
 import numpy as np
@@ -52,45 +54,60 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from fraudlite.features.online import OnlineFeatures, TerminalTable
-from fraudlite.kafkaio.clients import KafkaIOError, keep_alive, release_parked
+from fraudlite.kafkaio.clients import KafkaIOError
 from fraudlite.kafkaio.wire import TransactionDecoder
 from fraudlite.streaming.assignment import PartitionRestorer, RebalanceListener
 from fraudlite.streaming.batch_features import batch_features
-from fraudlite.streaming.batch_output import (
-    changelog_records,
-    check_sent,
-    commit_batch,
-    flush_changelog,
-    send_changelog,
-    send_outputs,
-)
+from fraudlite.streaming.checkpoint import Checkpoint
+from fraudlite.streaming.clients import ScorerClients
 from fraudlite.streaming.config import ServeConfig
-from fraudlite.streaming.connection import (
-    TransactionalIdClaim,
-    abort_transaction,
-    check_changelog_partitions,
-    close_clients,
-    ensure_serving_topics,
-    make_end_reader,
-    make_group_consumer,
-    make_restore_reader,
-    make_scorer_producer,
-    make_terminal_feed,
-    topics_lost,
-)
 from fraudlite.streaming.flow import adapt_max_records, update_paused
 from fraudlite.streaming.health import BrokerHealth
 from fraudlite.streaming.metrics import ScorerMetrics
-from fraudlite.streaming.outputs import iso_now
 from fraudlite.streaming.partition_state import PartitionBook
 from fraudlite.streaming.reload import LoadedModel, ModelReloader
 from fraudlite.streaming.reporting import ServeSummary, record_batch, record_gauges, start_metrics_endpoint
+from fraudlite.streaming.settings import (
+    CheckpointSettings,
+    ClientSettings,
+    OutputSettings,
+    RestoreSettings,
+    ScorerSettings,
+)
 from fraudlite.streaming.state_store import ChangelogWriter
 from fraudlite.streaming.sync import EventTimeSync, Part
 
-__all__ = ["Scorer", "ServeSummary"]
+__all__ = ["Scorer", "ServeSummary", "scorer_settings"]
 
 logger = logging.getLogger(__name__)
+
+
+def scorer_settings(config: ServeConfig) -> ScorerSettings:
+    """The settings each collaborator of a scorer gets (``settings``), from ``config``."""
+    cfg = config
+    topics = cfg.topics if cfg.state_changelog else replace(cfg.topics, changelog=None)
+    clients = ClientSettings(
+        bootstrap_servers=cfg.bootstrap_servers, security=cfg.security, client_id=cfg.client_id,
+        group_id=cfg.group_id, topics=topics, partitions=cfg.partitions, limits=cfg.limits,
+        exactly_once=cfg.exactly_once, transactional_id=cfg.transactional_id,
+        fallback_transactional_id=cfg.resolved_transactional_id(),
+        transaction_timeout_ms=cfg.transaction_timeout_ms, session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
+        auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.batch.max_records,
+        fetch_max_wait_ms=min(cfg.batch.max_ms, 500),
+    )  # fmt: skip
+    return ScorerSettings(
+        clients=clients,
+        outputs=OutputSettings(topics, cfg.idempotent_outputs, cfg.dlq_envelope, cfg.dlq_max_value_bytes),
+        checkpoint=CheckpointSettings(cfg.exactly_once, topics.changelog, cfg.changelog_interval_s),
+        restore=RestoreSettings(
+            topics,
+            idempotent=cfg.idempotent_outputs,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_records=cfg.batch.max_records,
+            timeout_s=cfg.transaction_timeout_ms / 1000 + 30,
+        ),
+    )
 
 
 class Scorer:
@@ -113,6 +130,7 @@ class Scorer:
         reloader: ModelReloader | None = None,
     ) -> None:
         self.config = config
+        self.settings = scorer_settings(config)
         self.model = model
         self.reloader = reloader
         self.metrics = ScorerMetrics(registry if registry is not None else CollectorRegistry())
@@ -124,29 +142,28 @@ class Scorer:
         self._empty_state()
         # changelog writers, customers changed since their last changelog record, outputs already there
         self.book = PartitionBook()
-        self._last_changelog = time.monotonic()
         self.summary = ServeSummary()
         self.latency_sink: list[np.ndarray] | None = None  # benchmarks: per-batch latencies (s)
         self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._needs_recovery = False
         self._rebalance = RebalanceListener(config.topics.input, self.metrics)
-        self._partitions: dict[str, int] = {}
         self._http = None
-        self._consumer = self._producer = self._feed = None
-        self._restore_reader = self._end_reader = None
+        self.clients = ScorerClients(self.settings.clients)
         self._restorer: PartitionRestorer | None = None  # per session: over the current clients
+        self.checkpoint = Checkpoint(
+            self.settings.checkpoint, self.settings.outputs, self.clients, self.book,
+            lambda: self.online.states, self.metrics,
+        )  # fmt: skip
         self._last_periodic = 0.0
-        self._txn_id = TransactionalIdClaim(config)
         self._max_records = config.batch.max_records  # lowered while batches are slow (flow)
         self._health = BrokerHealth(
             self.metrics,
             config.bootstrap_servers,
-            lambda: self._consumer,
+            lambda: self.clients.consumer,
             lambda: bool(self._rebalance.assigned),
         )
         self._topics_unverified = False  # set when the connection comes back: did the broker keep them?
-        self._topic_ids: dict[str, str | None] = {}
 
     def _empty_state(self) -> None:
         """Online features and event-time buffers as a fresh scorer starts them."""
@@ -160,6 +177,11 @@ class Scorer:
     def writers(self) -> dict[int, ChangelogWriter]:
         """Changelog bookkeeping per owned input partition (``book.writers``)."""
         return self.book.writers
+
+    @property
+    def _restore_reader(self):
+        """The session's restore reader (tests slow its fetches down through it)."""
+        return self.clients.restore_reader
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -212,28 +234,20 @@ class Scorer:
             "connecting bootstrap=%s group=%s delivery=%s %s",
             cfg.bootstrap_servers, cfg.group_id, cfg.delivery, cfg.security.describe(),
         )  # fmt: skip
-        counts, self._topic_ids = ensure_serving_topics(cfg)
-        check_changelog_partitions(cfg, counts)
-        self._partitions = counts
-        txn_id = self._txn_id.get() if cfg.exactly_once else None
-        self._producer = make_scorer_producer(cfg, txn_id)
-        if cfg.exactly_once:
-            self._producer.init_transactions()
-        self._restore_reader = make_restore_reader(cfg)
-        self._end_reader = make_end_reader(cfg)
-        self._feed = make_terminal_feed(cfg, self.online.terminals, self.decoder)
-        self._feed.assign(counts)
-        self._consumer = make_group_consumer(cfg)
-        self._consumer.subscribe([cfg.topics.input], listener=self._rebalance)
+        self.clients.open(self.online.terminals, self.decoder, self._rebalance)
         self._restorer = PartitionRestorer(
-            cfg, self.model.spec, self.decoder, self.metrics, self.online, self.book, counts,
-            self._consumer, self._restore_reader, self._end_reader, self._feed,
+            self.settings.restore, self.model.spec, self.decoder, self.metrics, self.online, self.book,
+            self.clients,
         )  # fmt: skip
+
+    def _close_clients(self) -> None:
+        self.clients.close()
+        self._restorer = None
 
     def _check_topics_after_outage(self) -> None:
         """After the broker came back: if it lost our topics (the embedded broker keeps nothing across a
         restart; Kafka does), start a fresh session: new clients, empty state, the new topics' offsets."""
-        lost = topics_lost(self.config, self._topic_ids)
+        lost = self.clients.topics_lost()
         if lost is None:
             self._stop.wait(1.0)
             return
@@ -261,60 +275,33 @@ class Scorer:
         Raises:
             FraudliteError: state that cannot be restored (corrupt changelog) or another fatal error.
         """
-        cfg = self.config
-        rebalance = self._rebalance
         start = time.monotonic()
         parts: list[Part] = []
         try:
             while not self._stop.is_set():
                 self._swap_model()
-                if self._health.take_reconnected():
-                    self._topics_unverified = True
-                if self._topics_unverified:
-                    self._check_topics_after_outage()
+                if self._outage_unchecked():
                     continue
-                try:
-                    release_parked(self._consumer)
-                    # Do not wait for new records while a full batch is already buffered.
-                    full = parts and self._sync.buffered >= self._max_records
-                    wait = 0 if full else cfg.batch.max_ms
-                    batch = self._consumer.poll(timeout_ms=wait, max_records=self._max_records)
-                except KafkaError as e:
-                    self._unhealthy("poll", e)
+                batch = self._poll(bool(parts))
+                if batch is None:
                     continue
-                if rebalance.changed:
-                    self._apply_assignment()
-                    batch = {}
-                if self._needs_recovery:
-                    self._recover(None)
-                    batch = {}
+                if self._repartitioned():
+                    batch = {}  # rewound over: the partitions were repositioned
                 t0 = perf_counter()
-                for tp, records in batch.items():
-                    self._sync.add(tp, records)
-                parts = self._sync.take(rebalance.assigned, self._caught_up, self._max_records)
-                self._pause_held()
+                parts = self._release(batch)
                 if parts:
                     try:
                         self._process(parts, perf_counter() - t0)
                     except (KafkaError, KafkaIOError) as e:
                         self._recover(e)
                     else:
-                        records = sum(len(r) for _, r, _ in parts)
-                        self._max_records = adapt_max_records(
-                            self._max_records, records, perf_counter() - t0,
-                            cfg.batch.max_records, cfg.max_poll_interval_ms,
-                        )  # fmt: skip
+                        self._adapt_batch_size(parts, perf_counter() - t0)
                     self.summary.seconds = time.monotonic() - start
-                    if (max_batches is not None and self.summary.batches >= max_batches) or (
-                        until is not None and until(self.summary)
-                    ):
+                    if self._done(max_batches, until):
                         break
                 self._periodic()
             if self._stop.is_set():
-                if not self._health.down:
-                    self._flush_changelog()
-                else:  # would block until the broker is back; the next owner replays the input instead
-                    logger.warning("kafka unreachable: stopping without the final changelog record")
+                self._flush_changelog()
         finally:
             self.summary.seconds = time.monotonic() - start
             self.metrics.ready.set(0)
@@ -331,27 +318,88 @@ class Scorer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        self._txn_id.release()  # frees the host slot of our transactional id
+        self.clients.txn_id.release()  # frees the host slot of our transactional id
 
-    def _keep_alive(self) -> None:
-        keep_alive(self._consumer)
+    # -- the loop's steps -----------------------------------------------------------------------------
 
-    def _close_clients(self) -> None:
-        close_clients(self._consumer, self._producer, self._restore_reader, self._end_reader, self._feed)
-        self._consumer = self._producer = self._feed = None
-        self._restore_reader = self._end_reader = None
-        self._restorer = None
+    def _outage_unchecked(self) -> bool:
+        """After an outage: check whether the broker kept our topics; True until that check is done."""
+        if self._health.take_reconnected():
+            self._topics_unverified = True
+        if self._topics_unverified:
+            self._check_topics_after_outage()
+            return True
+        return False
 
-    # -- the batch --------------------------------------------------------------------------------------
+    def _poll(self, pending: bool) -> dict | None:
+        """The next records (``pending``: the last batch released records); None when the poll failed."""
+        # Do not wait for new records while a full batch is already buffered.
+        full = pending and self._sync.buffered >= self._max_records
+        try:
+            return self.clients.poll(0 if full else self.config.batch.max_ms, self._max_records)
+        except KafkaError as e:
+            self._unhealthy("poll", e)
+            return None
 
-    def _caught_up(self, tp: TopicPartition) -> bool:
-        high = self._consumer.highwater(tp)
-        return high is not None and self._consumer.position(tp) >= high
+    def _repartitioned(self) -> bool:
+        """Apply a rebalance, then a pending rollback; True when either repositioned the partitions."""
+        changed = self._rebalance.changed
+        if changed:
+            self._apply_assignment()
+        if self._needs_recovery:
+            self._recover(None)
+            changed = True
+        return changed
+
+    def _release(self, batch: dict) -> list[Part]:
+        """Buffer the polled records and release what the event-time sync lets through."""
+        for tp, records in batch.items():
+            self._sync.add(tp, records)
+        parts = self._sync.take(self._rebalance.assigned, self.clients.caught_up, self._max_records)
+        self._pause_held()
+        return parts
+
+    def _process(self, parts: list[Part], decode_seconds: float) -> None:
+        """Features, scores, then the batch's transaction (``Checkpoint.commit``); counts the batch."""
+        model, clients = self.model, self.clients
+        t1 = perf_counter()
+        t0 = t1 - decode_seconds
+        x = batch_features(parts, self.online, clients.feed, model.spec.delay_days)
+        t2 = perf_counter()
+        clients.keep_alive()
+        scores = model.scorer.score(x) if x is not None else np.zeros(0, dtype=np.float32)
+        t3 = perf_counter()
+        clients.keep_alive()
+        done = self.checkpoint.commit(parts, scores, model)
+        stamps = (t0, t1, t2, t3, done.sent_at, done.committed_at)
+        record_batch(
+            self.metrics, self.summary, parts, scores, done.sent, stamps, time.time(), self.latency_sink
+        )
+
+    def _adapt_batch_size(self, parts: list[Part], seconds: float) -> None:
+        cfg = self.config
+        records = sum(len(r) for _, r, _ in parts)
+        self._max_records = adapt_max_records(
+            self._max_records, records, seconds, cfg.batch.max_records, cfg.max_poll_interval_ms
+        )
+
+    def _done(self, max_batches: int | None, until: Callable[[ServeSummary], bool] | None) -> bool:
+        return (max_batches is not None and self.summary.batches >= max_batches) or (
+            until is not None and until(self.summary)
+        )
+
+    def _flush_changelog(self) -> None:
+        """On a graceful stop: persist the state of every partition (``Checkpoint.flush_changelog``)."""
+        # Unreachable, it would block until the broker is back; the next owner replays the input instead.
+        if self._health.down:
+            logger.warning("kafka unreachable: stopping without the final changelog record")
+        else:
+            self.checkpoint.flush_changelog()
 
     def _pause_held(self) -> None:
         """Stop fetching partitions whose buffers (event-time sync) are full; resume the others."""
         held = self._sync.full(self.config.batch.max_records)
-        self._paused = update_paused(self._consumer, held, self._paused)
+        self._paused = update_paused(self.clients.consumer, held, self._paused)
 
     def _drop_buffers(self, reassigned: bool = False) -> None:
         """Forget buffered records before repositioning (a new assignment starts unpaused)."""
@@ -360,61 +408,6 @@ class Scorer:
             self._paused = set()
         self._pause_held()
 
-    def _process(self, parts: list[Part], decode_seconds: float) -> None:
-        cfg, m, model, topics = self.config, self.metrics, self.model, self.config.topics
-        t1 = perf_counter()
-        t0 = t1 - decode_seconds
-        x = batch_features(parts, self.online, self._feed, model.spec.delay_days)
-        t2 = perf_counter()
-        self._keep_alive()
-        scores = model.scorer.score(x) if x is not None else np.zeros(0, dtype=np.float32)
-        t3 = perf_counter()
-        self._keep_alive()
-
-        producer = self._producer
-        eos = cfg.exactly_once
-        if eos:
-            producer.begin_transaction()
-        out = send_outputs(
-            producer, cfg, self._partitions, parts, scores, model, iso_now(time.time()), self.book
-        )
-        futures = out.futures
-        if not eos:
-            producer.flush()
-            check_sent(futures)
-            futures = []
-        changelog = []
-        if cfg.state_changelog and time.monotonic() - self._last_changelog >= cfg.changelog_interval_s:
-            changelog = self._changelog_records()
-        if changelog and eos:
-            # The outputs reach the broker before the state that includes this batch: should the
-            # transaction survive a crash only in part (the embedded broker commits a crashed producer's
-            # open transaction), a restored state never claims a batch whose outputs are missing.
-            producer.flush()
-        futures += send_changelog(producer, topics.changelog, changelog)
-        t4 = perf_counter()
-        commit_batch(producer, self._consumer, parts, futures, eos, m)
-        t5 = perf_counter()
-        now = time.time()
-        self.book.note_sent(out.last_sent)
-        record_batch(m, self.summary, parts, scores, out, (t0, t1, t2, t3, t4, t5), now, self.latency_sink)
-
-    def _changelog_records(self) -> list[tuple[int, list[tuple[bytes, bytes | None]]]]:
-        """Changelog records for every partition with customers changed since its last record."""
-        out = changelog_records(self.book, self.online.states)
-        self._last_changelog = time.monotonic()
-        return out
-
-    def _flush_changelog(self) -> None:
-        """Persist the state of every partition now (graceful stop): its own transaction, no offsets."""
-        if not self.config.state_changelog or not any(self.book.dirty.values()) or self._producer is None:
-            return
-        cfg = self.config
-        try:
-            flush_changelog(self._producer, cfg.exactly_once, cfg.topics.changelog, self._changelog_records)
-        except KafkaError as e:  # the next owner replays the input since the last record instead
-            logger.warning("final changelog flush failed (%s)", e)
-
     # -- partitions and failures ----------------------------------------------------------------------
 
     def _apply_assignment(self) -> None:
@@ -422,7 +415,7 @@ class Scorer:
         ``poll``: see ``assignment``)."""
         self._rebalance.changed = False
         self._drop_buffers(reassigned=True)
-        if not self._restorer.apply(self._rebalance, self._txn_id.end_dead_transactions):
+        if not self._restorer.apply(self._rebalance, self.clients.txn_id.end_dead_transactions):
             self._needs_recovery = True
 
     def _unhealthy(self, what: str, error: Exception) -> None:
@@ -440,7 +433,7 @@ class Scorer:
         delay = 0.5
         while True:
             try:
-                self._reset_producer()
+                self.checkpoint.abort()
                 self._drop_buffers()
                 self._restorer.rebuild_all()
                 self._needs_recovery = False
@@ -453,12 +446,6 @@ class Scorer:
                 logger.warning("recovery failed (%s); retrying in %.1fs", e, delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
-
-    def _reset_producer(self) -> None:
-        """Abort the open transaction (exactly-once); a producer that cannot is replaced."""
-        if self.config.exactly_once and not abort_transaction(self._producer):
-            self._producer = make_scorer_producer(self.config, self._txn_id.get())
-            self._producer.init_transactions()
 
     # -- between batches ------------------------------------------------------------------------------
 
@@ -486,4 +473,4 @@ class Scorer:
         if now - self._last_periodic < self.config.lag_interval_s:
             return
         self._last_periodic = now
-        record_gauges(self.metrics, self._consumer, self._sync, self.online, self.config.topics.input)
+        record_gauges(self.metrics, self.clients.consumer, self._sync, self.online, self.config.topics.input)

@@ -1,4 +1,4 @@
-"""ServeConfig and friends: validation, Kafka security from env/file, secrets never shown."""
+"""ServeConfig and friends: validation, building from CLI flags (Kafka security: tests/kafkaio/test_security.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 
 from fraudlite.cli import build_parser
 from fraudlite.errors import ConfigError
-from fraudlite.kafkaio.security import KafkaSecurity, kafka_security
 from fraudlite.kafkaio.wire import DecodeLimits
 from fraudlite.streaming.config import BatchConfig, ServeConfig, Topics, build_serve_config
 
@@ -51,25 +50,6 @@ def test_other_dataclasses_validate():
         BatchConfig(max_records=0)
     with pytest.raises(ConfigError):
         DecodeLimits(max_amount=-1)
-    with pytest.raises(ConfigError, match="SASL_USERNAME"):
-        KafkaSecurity(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN")
-
-
-def test_security_from_env_and_file_never_shows_secrets(tmp_path):
-    props = tmp_path / "client.properties"
-    props.write_text(
-        "# kafka\nsecurity.protocol=sasl_plaintext\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=svc\n"
-    )
-    env = {"FRAUDLITE_KAFKA_SASL_PASSWORD": "hunter2-secret", "UNRELATED": "x"}
-    sec = kafka_security(props, env)
-    assert sec.security_protocol == "SASL_PLAINTEXT" and sec.sasl_mechanism == "SCRAM-SHA-512"
-    kw = sec.client_kwargs()
-    assert kw["sasl_plain_username"] == "svc" and kw["sasl_plain_password"] == "hunter2-secret"
-    assert "hunter2" not in repr(sec) and "hunter2" not in sec.describe() and "***" in sec.describe()
-    props.write_text("sasl.password.typo=hunter2-secret\n")
-    with pytest.raises(ConfigError) as e:
-        kafka_security(props, {})
-    assert "hunter2" not in str(e.value)
 
 
 def test_build_from_cli_flags(tmp_path, monkeypatch):
