@@ -39,8 +39,7 @@ def _count(records) -> tuple[int, int, set[str]]:
 
 
 def crash(bootstrap: str, model, work: Path, n: int, kills: int, seed: int = 7) -> dict:
-    from poison_support import mix_poison, poison_messages
-
+    from fraudlite.testing.poison import mix_poison, poison_messages
     from fraudlite.testing.reliability import (
         committed_total,
         create_topics,
@@ -243,8 +242,7 @@ def broker_restart(model, work: Path) -> dict:
 
 
 def poison(bootstrap: str, model, n: int, rounds: int) -> tuple[dict, list[tuple[str, str, str]]]:
-    from poison_support import mix_poison, poison_messages
-
+    from fraudlite.testing.poison import mix_poison, poison_messages
     from fraudlite.testing.reliability import (
         create_topics,
         make_transactions,

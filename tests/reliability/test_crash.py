@@ -25,11 +25,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from poison_support import mix_poison, poison_messages
 
 from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.poison import mix_poison, poison_messages
 from fraudlite.testing.reliability import (
     ServeProcess,
     committed_total,

@@ -1,6 +1,6 @@
 """Poison inputs (issue 7): hypothesis-generated garbage mixed into valid traffic.
 
-* property: the decoder never raises, classifies every message like the oracle (``poison_support``) and
+* property: the decoder never raises, classifies every message like the oracle (``fraudlite.testing.poison``) and
   rejects it with one of the oracle's reasons;
 * integration (real broker, real scorer): every invalid message lands in the DLQ with a reason and its
   source coordinates, every valid one is scored exactly once, the scorer never stops -- including a
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from poison_support import expected_reasons, mix_poison, poison_message, poison_messages, render
 
 from fraudlite.kafkaio.wire import REASONS, DecodeLimits, TransactionDecoder
 from fraudlite.streaming.config import BatchConfig, ServeConfig
 from fraudlite.streaming.reload import load_model
 from fraudlite.streaming.scorer import Scorer
+from fraudlite.testing.poison import expected_reasons, mix_poison, poison_message, poison_messages, render
 from fraudlite.testing.reliability import make_transactions, produce_big, read_records, scorer_rate
 from fraudlite.testing.streaming import ScorerThread
 
