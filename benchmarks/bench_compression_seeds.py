@@ -30,6 +30,7 @@ from fraudlite.compression.compress import compress_model_dir
 from fraudlite.compression.quantize import quantize_dynamic_onnx
 from fraudlite.compression.recipe import default_recipe
 from fraudlite.compression.search import SearchError
+from fraudlite.compression.served import open_model
 from fraudlite.runtime import OnnxScorer
 
 
@@ -68,7 +69,7 @@ def seed_spread(workdir: Path, default_seeds: str, *, at_ort: bool) -> str:
             rows.append(f"| {seed} | stopped: {exc} | | | | | | | | | | |")
             continue
         report = json.loads(md.file("compression_report").read_text())
-        v, t = _fair_metrics(md, df, w, OnnxScorer(md.onnx_path).score(X, batch_size=SCORE_BATCH))
+        v, t = _fair_metrics(md, df, w, open_model(md.path).score(X))
         dv = base_v["average_precision"] - v["average_precision"]
         dt = base_t["average_precision"] - t["average_precision"]
         drops_v.append(dv)

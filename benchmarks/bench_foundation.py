@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fraudlite.cli.demo import default_windows
+from fraudlite.compression.served import open_model
 from fraudlite.data.simulator import SimulatorConfig, simulate
 from fraudlite.data.transactions import day_of, load_transactions, to_arrays, write_table
 from fraudlite.features.offline import compute_features
@@ -100,7 +101,9 @@ def run(workdir: Path) -> str:
         t0 = time.perf_counter()
         md = train_model(prepared, cfg, spec, workdir / f"model-{model_type}")
         train_s = time.perf_counter() - t0
-        m = evaluate_window(md, df, w.test_start, w.test_end, scores=score_frame(md, df, prepared.X))
+        m = evaluate_window(
+            md, df, w.test_start, w.test_end, scores=score_frame(open_model(md), df, prepared.X)
+        )
         lines.append(
             f"| {model_type} | {m['roc_auc']:.4f} | {m['average_precision']:.4f} | {m['card_precision_at_100']:.4f} "
             f"| {m['recall_at_0.01_budget']:.4f} | {train_s:.0f} |"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from fraudlite.compression.served import open_model
 from fraudlite.data.simulator import SimulatorConfig, simulate
 from fraudlite.data.transactions import format_day, load_transactions, write_table
 from fraudlite.modeldir import ModelDir
@@ -40,7 +41,7 @@ def run(workdir: Path) -> str:
     for name, version in (("v1", v1), ("v2", v2)):
         md = ModelDir.load(registry / "versions" / version)
         for label, (s, e) in (("pre-drift", before), ("drifted", drifted)):
-            ap[name, label] = evaluate_window(md, df, s, e)["average_precision"]
+            ap[name, label] = evaluate_window(open_model(md), df, s, e)["average_precision"]
     lines = [
         "## Retrain on drift (issue 5)",
         "",

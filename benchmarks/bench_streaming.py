@@ -114,7 +114,14 @@ def worker_scorer(bootstrap: str, topic: str, n: int, model: str, latency: bool,
         bootstrap_servers=bootstrap, model_dir=Path(model), topics=topics, group_id=f"bench-scorer-{u}",
         metrics_port=None, batch=BatchConfig(max_records=BATCH, max_ms=50),
     )  # fmt: skip
-    scorer = Scorer(config, load_model(model))
+    from fraudlite.testing.streaming import proc_status_mb
+
+    rss_before = proc_status_mb("VmRSS")
+    t_load = time.perf_counter()
+    loaded = load_model(model)
+    load_seconds = time.perf_counter() - t_load
+    rss_after_load = proc_status_mb("VmRSS")
+    scorer = Scorer(config, loaded)
     sink: list[np.ndarray] = []
     if latency:
         scorer.latency_sink = sink
@@ -140,6 +147,10 @@ def worker_scorer(bootstrap: str, topic: str, n: int, model: str, latency: bool,
         "rate": (summary.consumed - first) / seconds,
         "cpu_us": cpu / (summary.consumed - first) * 1e6,
         "rss_mb": _peak_rss_mb(),
+        "load_seconds": load_seconds,
+        "rss_after_load_mb": rss_after_load,
+        "rss_load_added_mb": rss_after_load - rss_before,
+        "form": loaded.form,
         "alerts": summary.alerts,
         "fraud": summary.fraud,
         "modules_torch_pandas": sorted(m for m in ("torch", "pandas") if m in sys.modules),
@@ -241,17 +252,15 @@ def measure(
         )  # fmt: skip
         rss = max(r["rss_mb"] for r in runs["scorer"])
         rows.append(("scorer peak RSS", f"{rss:.0f} MB", "VmHWM; target <= 150 MB"))
-        if fp32_model:
-            rows.append(("scorer throughput, fp32 model", f"{med['scorer-fp32']:,.0f} msg/s", ""))
-            rss32 = max(r["rss_mb"] for r in runs["scorer-fp32"])
-            rows.append(("scorer peak RSS, fp32 model", f"{rss32:.0f} MB", ""))
+        side = _side_by_side(runs, models) if fp32_model else None
         heavy = sorted({m for r in runs["scorer"] for m in r["modules_torch_pandas"]})
         rows.append(("torch/pandas imported by the scorer", ", ".join(heavy) or "none", ""))
 
         # Latency at half the scorer's maximum rate (and a quarter): a live producer process and a
         # scorer process; on a shared 2-core machine the producer competes with the scorer for CPU.
-        for fraction in fractions:
-            rate = med["scorer"] * fraction
+        latency: dict[tuple[str, float], dict] = {}
+        for fraction, name in [(f, m) for f in fractions for m in models]:
+            rate = med["scorer"] * fraction  # the same offered rate for both models
             n_live = max(1000, int(rate * latency_seconds))
             live = f"bench-live-{uuid.uuid4().hex[:6]}"
             admin = KafkaAdminClient(bootstrap_servers=boot)
@@ -260,7 +269,7 @@ def measure(
             )
             admin.close()
             ready = Path(tmp) / f"ready-{live}"
-            scorer = _spawn_worker("scorer", boot, live, str(n_live), model, "1", labels, ready=ready)
+            scorer = _spawn_worker("scorer", boot, live, str(n_live), models[name], "1", labels, ready=ready)
             deadline = time.monotonic() + 120
             while not ready.exists():  # traffic starts once the scorer owns its partitions
                 if scorer.poll() is not None or time.monotonic() > deadline:
@@ -271,14 +280,18 @@ def measure(
             if scorer.returncode != 0:
                 raise RuntimeError(f"latency scorer failed:\n{err[-3000:]}")
             lat = json.loads(out.strip().splitlines()[-1])
-            rows.append(
-                (f"end-to-end latency p50 / p99 at {fraction:g} x max",
-                 f"{lat['latency_p50_ms']:.1f} / {lat['latency_p99_ms']:.1f} ms",
-                 f"{rate:,.0f} msg/s for {latency_seconds:.0f} s, n={lat['latency_n']}")
-            )  # fmt: skip
+            latency[name, fraction] = lat
+            if name == "scorer":
+                rows.append(
+                    (f"end-to-end latency p50 / p99 at {fraction:g} x max",
+                     f"{lat['latency_p50_ms']:.1f} / {lat['latency_p99_ms']:.1f} ms",
+                     f"{rate:,.0f} msg/s for {latency_seconds:.0f} s, n={lat['latency_n']}")
+                )  # fmt: skip
 
     lines = ["## Streaming scorer (issue 4)", "", "| metric | value | note |", "| --- | --- | --- |"]
     lines += [f"| {metric} | {value} | {note} |" for metric, value, note in rows]
+    if side is not None:
+        lines += ["", *_side_table(side, latency, fractions)]
     which = f"model {model_note}" + (
         ", fp32 comparison: the uncompressed model it came from" if fp32_model else ""
     )
@@ -290,6 +303,60 @@ def measure(
         "record's partition, send_offsets_to_transaction + commit per poll (no features, no model).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _side_by_side(runs: dict[str, list[dict]], models: dict[str, str]) -> dict[str, dict]:
+    """Per model (``scorer`` = compressed, ``scorer-fp32``): medians over the throughput runs, bytes opened."""
+    from fraudlite.testing.opened import bytes_opened_by_serve
+
+    out = {}
+    for name in ("scorer-fp32", "scorer"):
+        rs = runs[name]
+        out[name] = {
+            "bytes": bytes_opened_by_serve(models[name]),
+            "load_ms": float(np.median([r["load_seconds"] for r in rs])) * 1e3,
+            "rss_after_load": float(np.median([r["rss_after_load_mb"] for r in rs])),
+            "rate": float(np.median([r["rate"] for r in rs])),
+            "form": rs[0]["form"],
+        }
+    return out
+
+
+def _side_table(side: dict[str, dict], latency: dict, fractions: tuple[float, ...]) -> list[str]:
+    """fp32 vs compressed, same run: the compressed model must not be worse in any row."""
+    fp, co = side["scorer-fp32"], side["scorer"]
+    rows = [  # (metric, fp32, compressed, format, lower is better)
+        ("bytes `serve` opens in the model directory", fp["bytes"], co["bytes"], "{:,.0f} B", True),
+        ("load time (load_model in the scorer process)", fp["load_ms"], co["load_ms"], "{:.1f} ms", True),
+        ("RSS after load (VmRSS of the scorer process)", fp["rss_after_load"], co["rss_after_load"],
+         "{:.1f} MB", True),
+        ("scorer throughput", fp["rate"], co["rate"], "{:,.0f} msg/s", False),
+    ]  # fmt: skip
+    for f in fractions:
+        a, b = latency.get(("scorer-fp32", f)), latency.get(("scorer", f))
+        if a and b:
+            rows.append((f"end-to-end p99 at {f:g} x max (same offered rate)", a["latency_p99_ms"],
+                         b["latency_p99_ms"], "{:.1f} ms", True))  # fmt: skip
+    lines = [
+        f"fp32 vs compressed, same run (runnable forms: fp32 `{fp['form']}`, compressed `{co['form']}`):",
+        "",
+        "| metric | fp32 (the source) | compressed | compressed / fp32 | compressed not worse |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    worse = []
+    for metric, a, b, fmt, lower in rows:
+        ok = b <= a if lower else b >= a
+        if not ok:
+            worse.append(metric)
+        lines.append(
+            f"| {metric} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.3f} | {'yes' if ok else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"- [{' ' if worse else 'x'}] the compressed model is not worse than fp32 in any of them (issue 15)"
+        + (f"; FAILED: worse in {', '.join(worse)}" if worse else ""),
+    ]
+    return lines
 
 
 def run(workdir: Path) -> str:

@@ -22,6 +22,7 @@ RESULTS = HERE / "RESULTS.md"
 SECTIONS = [
     "bench_foundation",
     "bench_compression",
+    "bench_shipping",
     "bench_state",
     "bench_streaming",
     "bench_retrain",

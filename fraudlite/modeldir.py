@@ -1,16 +1,32 @@
-"""The model directory: everything needed to serve a model without torch.
+"""The model directory: everything needed to serve a model without torch, and what documents and trains it.
 
-Layout (extend, don't break)::
+Three kinds of file (``KINDS``; a file's kind follows from its role, ``ROLE_KINDS``):
 
-    manifest.json        version, created, model type, data window, threshold, metrics, compression
-                         stages, and ``files: {name: {sha256, bytes, role}}`` for every other file
+- ``serve``: what ``serve``, ``score`` and ``evaluate`` open: the feature spec and the model in its stored
+  form (``model.onnx`` for a trained model, the compact artifact ``model.flc`` for a compressed one);
+- ``doc``: reports and plots, kept beside the model and never opened to serve; a missing one never stops
+  serving;
+- ``train``: what retraining or recompressing needs (the fp32 weights of a trained MLP).
+
+Layout (format 2; extend, don't break)::
+
+    manifest.json        version, created, model type, data window, thresholds, headline metrics, the
+                         compression summary and runtime choice, ``files: {name: {sha256, bytes, role}}``
+                         of the serve files and ``contents: {name, sha256, bytes}`` of the index below
+    contents.json        ``files: {name: {sha256, bytes, role, kind}}`` of the doc and train files
     model.onnx           role ``onnx``: input ``features`` float32 [N, F] (raw features; normalization is
                          inside the graph), output ``score`` float32 [N] (fraud probability)
-    feature_spec.json    role ``spec``: FeatureSpec + normalization stats
-    ...                  ``weights`` (safetensors), ``report`` (metrics.json), ``compact``, ...
+    model.flc            role ``compact``: the compact artifact (``fraudlite.compression.compact``)
+    feature_spec.json    role ``spec``: FeatureSpec (+ normalization stats for a trained model)
+    ...                  ``weights`` (safetensors, train), ``report`` (metrics.json, doc), reports, plots
+
+So serving reads the manifest and the serve files only, each re-hashed, and the manifest stays small; the
+manifest holds the index's sha256 and the index every other file's, so every file is still checksummed
+(a doc or train file is re-hashed when it is opened). Format 1 directories (one ``files`` table of every
+file) still load: their kinds follow from their roles.
 
 Directories are written to a temporary sibling and renamed into place, so a reader never sees half of one.
-Loading re-hashes every file and refuses one that does not match, naming it.
+Loading re-hashes every file it opens and refuses one that does not match, naming it.
 """
 
 from __future__ import annotations
@@ -21,8 +37,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +47,12 @@ from fraudlite.features.spec import FeatureSpec
 
 __all__ = [
     "MANIFEST",
+    "CONTENTS",
     "FORMAT",
+    "FORMATS",
+    "KINDS",
+    "ROLE_KINDS",
+    "kind_of",
     "ModelDir",
     "write_model_dir",
     "sha256_file",
@@ -40,10 +61,26 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-FORMAT = "fraudlite-model/1"
+CONTENTS = "contents.json"
+FORMAT = "fraudlite-model/2"
+FORMATS = ("fraudlite-model/1", FORMAT)
 ONNX_FILE = "model.onnx"
 SPEC_FILE = "feature_spec.json"
 SIGNING_KEY_ENV = "FRAUDLITE_SIGNING_KEY"
+KINDS = ("serve", "doc", "train")
+ROLE_KINDS = {
+    "onnx": "serve",
+    "compact": "serve",
+    "spec": "serve",
+    "weights": "train",
+    "state": "train",
+}
+"""Roles not listed here are documentation."""
+
+
+def kind_of(role: str) -> str:
+    """The kind (``serve``, ``doc``, ``train``) of a file with ``role``."""
+    return ROLE_KINDS.get(role, "doc")
 
 
 def sha256_file(path: Path) -> str:
@@ -64,22 +101,23 @@ def _signing_key() -> bytes | None:
     return key.encode() if key else None
 
 
-def verify_files(root: Path, manifest: dict) -> None:
-    """Re-hash every file the manifest lists; raise IntegrityError naming the first that does not match."""
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ModelDirError(f"{root / MANIFEST}: no 'files' table")
-    for name, entry in files.items():
-        path = root / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise IntegrityError(f"{root / MANIFEST}: file entry {name!r} points outside the model directory")
-        if not path.is_file():
-            raise IntegrityError(f"{path}: missing (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            raise IntegrityError(f"{path}: {size} bytes, manifest says {entry.get('bytes')} (truncated?)")
-        if sha256_file(path) != entry.get("sha256"):
-            raise IntegrityError(f"{path}: sha256 does not match {MANIFEST} (file changed or tampered)")
+def _check_name(root: Path, name: str) -> Path:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise IntegrityError(f"{root / MANIFEST}: file entry {name!r} points outside the model directory")
+    return root / name
+
+
+def _check_file(path: Path, entry: dict, listed_in: str) -> None:
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing (listed in {listed_in})")
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        raise IntegrityError(f"{path}: {size} bytes, {listed_in} says {entry.get('bytes')} (truncated?)")
+    if sha256_file(path) != entry.get("sha256"):
+        raise IntegrityError(f"{path}: sha256 does not match {listed_in} (file changed or tampered)")
+
+
+def _check_signature(root: Path, manifest: dict) -> None:
     key = _signing_key()
     if key is not None:
         signature = manifest.get("signature")
@@ -89,20 +127,60 @@ def verify_files(root: Path, manifest: dict) -> None:
             )
 
 
+def _read_contents(root: Path, manifest: dict) -> dict[str, dict]:
+    """The doc/train entries of ``contents.json`` (verified against the manifest), {} when there is none."""
+    ref = manifest.get("contents")
+    if not ref:
+        return {}
+    path = _check_name(root, str(ref.get("name", CONTENTS)))
+    _check_file(path, ref, MANIFEST)
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelDirError(f"{path}: unreadable contents index ({e})") from e
+    return {name: {**entry, "listed_in": path.name} for name, entry in files.items()}
+
+
+def _manifest_entries(root: Path, manifest: dict) -> dict[str, dict]:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ModelDirError(f"{root / MANIFEST}: no 'files' table")
+    return {
+        name: {**entry, "kind": entry.get("kind") or kind_of(str(entry.get("role"))), "listed_in": MANIFEST}
+        for name, entry in files.items()
+    }
+
+
+def verify_files(root: Path, manifest: dict, kinds: Iterable[str] = KINDS) -> None:
+    """Re-hash every file of ``kinds`` the manifest (and its contents index) lists; raise IntegrityError
+    naming the first that does not match."""
+    kinds = set(kinds)
+    entries = _manifest_entries(root, manifest)
+    if kinds - {"serve"}:
+        entries.update(_read_contents(root, manifest))
+    for name, entry in entries.items():
+        path = _check_name(root, name)
+        if entry["kind"] in kinds:
+            _check_file(path, entry, entry["listed_in"])
+    _check_signature(root, manifest)
+
+
 @dataclass(frozen=True)
 class ModelDir:
-    """A loaded (and verified) model directory."""
+    """A loaded model directory whose manifest and serve files were verified (doc and train files are
+    re-hashed when :meth:`file` opens them)."""
 
     path: Path
     manifest: dict
+    _contents: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> ModelDir:
-        """Read ``manifest.json`` and (by default) check every file's size and sha256.
+        """Read ``manifest.json`` and (by default) check the serve files' size and sha256.
 
         Raises:
             ModelDirError: not a model directory / unreadable manifest.
-            IntegrityError: a listed file is missing, truncated or changed.
+            IntegrityError: a serve file is missing, truncated or changed.
         """
         root = Path(path)
         manifest_path = root / MANIFEST
@@ -112,21 +190,50 @@ class ModelDir:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as e:
             raise ModelDirError(f"{manifest_path}: unreadable manifest ({e})") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ModelDirError(f"{manifest_path}: not a {FORMAT} manifest")
+        if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
+            raise ModelDirError(
+                f"{manifest_path}: not a fraudlite model manifest (format {manifest.get('format')!r}; "
+                f"this fraudlite reads {', '.join(FORMATS)})"
+                if isinstance(manifest, dict)
+                else f"{manifest_path}: not a fraudlite model manifest"
+            )
         if verify:
-            verify_files(root, manifest)
+            verify_files(root, manifest, kinds=("serve",))
         return cls(root, manifest)
 
+    def entries(self) -> dict[str, dict]:
+        """Every file: ``{name: {sha256, bytes, role, kind}}`` (reads the contents index once)."""
+        return {name: {k: v for k, v in e.items() if k != "listed_in"} for name, e in self._all().items()}
+
+    def _all(self) -> dict[str, dict]:
+        entries = _manifest_entries(self.path, self.manifest)
+        if "contents" in self.manifest:
+            if not self._contents:
+                self._contents.update(_read_contents(self.path, self.manifest))
+            entries.update(self._contents)
+        return entries
+
+    def _entry(self, role: str) -> tuple[str, dict] | None:
+        for entries in (lambda: _manifest_entries(self.path, self.manifest), self._all):
+            for name, entry in entries().items():
+                if entry.get("role") == role:
+                    return name, entry
+        return None
+
     def file(self, role: str) -> Path:
-        """Path of the (first) file with ``role``; ModelDirError if there is none."""
-        for name, entry in self.manifest["files"].items():
-            if entry.get("role") == role:
-                return self.path / name
-        raise ModelDirError(f"{self.path}: no file with role {role!r}")
+        """Path of the (first) file with ``role``, re-hashed first when it is not a serve file (those were
+        checked at load); ModelDirError if there is none, IntegrityError if it does not match."""
+        found = self._entry(role)
+        if found is None:
+            raise ModelDirError(f"{self.path}: no file with role {role!r}")
+        name, entry = found
+        path = _check_name(self.path, name)
+        if entry["kind"] != "serve":
+            _check_file(path, entry, entry["listed_in"])
+        return path
 
     def has(self, role: str) -> bool:
-        return any(e.get("role") == role for e in self.manifest["files"].values())
+        return self._entry(role) is not None
 
     @property
     def onnx_path(self) -> Path:
@@ -148,11 +255,29 @@ class ModelDir:
     def version(self) -> str:
         return str(self.manifest["version"])
 
-    def bytes_by_role(self) -> dict[str, int]:
+    def bytes_by_role(self, kinds: Iterable[str] = KINDS) -> dict[str, int]:
+        """Bytes per role of the files of ``kinds`` (all by default)."""
+        kinds = set(kinds)
+        entries = _manifest_entries(self.path, self.manifest) if kinds == {"serve"} else self._all()
         out: dict[str, int] = {}
-        for entry in self.manifest["files"].values():
-            out[entry["role"]] = out.get(entry["role"], 0) + int(entry["bytes"])
+        for entry in entries.values():
+            if entry["kind"] in kinds:
+                out[entry["role"]] = out.get(entry["role"], 0) + int(entry["bytes"])
         return out
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        """Bytes per kind; ``serve`` includes the manifest itself (what serving reads), ``doc`` the index."""
+        out = {kind: 0 for kind in KINDS}
+        for entry in self._all().values():
+            out[entry["kind"]] += int(entry["bytes"])
+        out["serve"] += (self.path / MANIFEST).stat().st_size
+        if "contents" in self.manifest:
+            out["doc"] += int(self.manifest["contents"]["bytes"])
+        return out
+
+    def serve_bytes(self) -> int:
+        """Bytes serving reads: the manifest and the serve files."""
+        return (self.path / MANIFEST).stat().st_size + sum(self.bytes_by_role(("serve",)).values())
 
 
 def new_version() -> str:
@@ -186,17 +311,27 @@ def write_model_dir(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         roles = write_files(tmp)
-        files = {}
+        files: dict[str, dict] = {}
+        contents: dict[str, dict] = {}
         for name, role in roles.items():
             p = tmp / name
-            files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "role": role}
+            entry = {"sha256": sha256_file(p), "bytes": p.stat().st_size, "role": role}
+            kind = kind_of(role)
+            if kind == "serve":
+                files[name] = entry
+            else:
+                contents[name] = {**entry, "kind": kind}
         full = {"format": FORMAT, "version": new_version(), "created": datetime.now(UTC).isoformat()}
-        full.update(manifest)
+        full.update({k: v for k, v in manifest.items() if k not in ("files", "contents", "format")})
         full["files"] = files
+        if contents:
+            (tmp / CONTENTS).write_text(json.dumps({"files": contents}, indent=1) + "\n")
+            path = tmp / CONTENTS
+            full["contents"] = {"name": CONTENTS, "sha256": sha256_file(path), "bytes": path.stat().st_size}
         key = _signing_key()
         if key is not None:
             full["signature"] = _signature(full, key)
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())

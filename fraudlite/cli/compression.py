@@ -17,6 +17,7 @@ def compress_command(
     out: str,
     recipe: str | None = None,
     max_ap_drop: float = 0.005,
+    keep_training_files: bool = False,
 ) -> int:
     """Validate cheap inputs first, compress, print the per-stage table."""
     from fraudlite.compression import report as reporting
@@ -28,15 +29,16 @@ def compress_command(
     parsed = load_recipe(recipe) if recipe else default_recipe()
     md = load_source(model)
     df = load_transactions(data, columns, require_label=True)
-    written = compress_model_dir(md, df, out, parsed, max_ap_drop)
+    written = compress_model_dir(md, df, out, parsed, max_ap_drop, keep_training_files=keep_training_files)
     report = json.loads((written.path / reporting.REPORT_JSON).read_text())
     s = report["summary"]
     print(reporting.stage_table(report["stages"]))
     print(
-        f"\ncompact {s['compact_bytes']:,} B ({s['compact_ratio']:.1f}x smaller than the source ONNX), runnable "
-        f"{s['runnable_bytes']:,} B ({s['runnable_ratio']:.1f}x), {s['speedup_b256']:.2f}x rows/s at batch 256, "
-        f"{s['speedup_b1']:.2f}x at batch 1; validation AP drop {s['ap_drop']:+.4f} (max {max_ap_drop}); "
-        f"runtime {report['runtime']['chosen']}\nwrote {written.path} (version {written.version})"
+        f"\nships {written.serve_bytes():,} B to serve vs {md.serve_bytes():,} B for the source (compact artifact "
+        f"{s['compact_bytes']:,} B, {s['compact_ratio']:.1f}x smaller than the source ONNX); serves as "
+        f"{s['served_form']} ({report['runtime']['why']}): {s['speedup_b256']:.2f}x rows/s at batch 256, "
+        f"{s['speedup_b1']:.2f}x at batch 1; validation AP drop {s['ap_drop']:+.4f} (max {max_ap_drop})"
+        f"\nwrote {written.path} (version {written.version})"
     )
     return 0
 
@@ -49,6 +51,7 @@ def _compress(args: argparse.Namespace) -> int:
         out=args.out,
         recipe=args.recipe,
         max_ap_drop=args.max_ap_drop,
+        keep_training_files=args.keep_training_files,
     )
 
 
@@ -57,8 +60,9 @@ def add_compression(sub: argparse._SubParsersAction) -> None:
         "compress",
         help="compress a trained MLP within an AP budget (distill, prune, share weights, encode, export)",
         description="Runs the recipe's stages with an accuracy-bounded search on the model's validation "
-        "window and writes a model directory with the runnable ONNX (role onnx), the entropy-coded compact "
-        "artifact (role compact) and report.json / report.md / pareto.png.",
+        "window and writes a model directory that ships the entropy-coded compact artifact (model.flc: serve "
+        "decodes it bit-exactly and runs the runnable form measured fastest here) with its feature spec and a "
+        "small manifest; report.json / report.md / pareto.png document it beside (never opened to serve).",
     )
     p.add_argument("--model", required=True, help="trained MLP model directory (with weights)")
     add_data_args(p)
@@ -71,5 +75,11 @@ def add_compression(sub: argparse._SubParsersAction) -> None:
         default=0.005,
         help="largest validation average-precision loss allowed, absolute (default 0.005); to match another "
         "model's accuracy, give the AP it loses (a tighter budget keeps more weights)",
+    )
+    p.add_argument(
+        "--keep-training-files",
+        action="store_true",
+        help="also write the compression state and the compressed network's fp32 weights (kind train: for "
+        "fine-tuning or compressing again; serving never opens them, the registry does not store them)",
     )
     p.set_defaults(func=_compress)

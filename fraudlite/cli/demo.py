@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import day_of, format_day, load_transactions
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ModelDir
@@ -78,7 +79,7 @@ def run_demo(
         config = TrainConfig(windows.train_start, windows.train_end, model_type=model_type)
         prepared = prepared or prepare_training_data(df, config, spec)
         model = train_model(prepared, config, spec, out / f"model-{model_type}")
-        scores = score_frame(model, df, prepared.X)
+        scores = score_frame(open_model(model), df, prepared.X)
         metrics = evaluate_window(model, df, windows.test_start, windows.test_end, scores=scores)
         rows.append((model_type, model, metrics))
         print(f"      {model_type}: test AP={metrics['average_precision']:.4f}", flush=True)
@@ -86,7 +87,11 @@ def run_demo(
     serving = _compress(rows[-1][1], df, out / "model-compressed", max_ap_drop)
     if serving is not rows[-1][1]:
         metrics = evaluate_window(
-            serving, df, windows.test_start, windows.test_end, scores=score_frame(serving, df, prepared.X)
+            serving,
+            df,
+            windows.test_start,
+            windows.test_end,
+            scores=score_frame(open_model(serving), df, prepared.X),
         )
         rows.append(("mlp-compressed", serving, metrics))
     print(f"[4/{steps}] results on the test window (known-compromised cards excluded)\n", flush=True)
@@ -136,20 +141,21 @@ def _compress(model: ModelDir, df, out: Path, max_ap_drop: float) -> ModelDir:
         return model
     c = compressed.manifest["compression"]
     print(
-        f"      stages {', '.join(st['name'] if isinstance(st, dict) else str(st) for st in c.get('stages', []))}; "
-        f"compact {c.get('compact_ratio', float('nan')):.1f}x, runnable {c.get('runnable_ratio', float('nan')):.1f}x "
-        f"smaller; validation AP drop {c.get('ap_drop', float('nan')):+.4f}",
+        f"      stages {', '.join(str(st) for st in c.get('stages', []))}; ships {compressed.serve_bytes():,} B "
+        f"to serve vs {model.serve_bytes():,} B fp32 (compact {c.get('compact_ratio', float('nan')):.1f}x "
+        f"smaller than the fp32 ONNX), runs as {compressed.manifest['runtime']['form']}; "
+        f"validation AP drop {c.get('ap_drop', float('nan')):+.4f}",
         flush=True,
     )
     return compressed
 
 
 def _table(rows: list[tuple[str, ModelDir, dict]]) -> str:
-    header = f"| {'model':<14} | {'ROC AUC':>8} | {'AP':>7} | {'CP@100':>7} | {'recall@1%':>9} | {'ONNX bytes':>10} |"
+    header = f"| {'model':<14} | {'ROC AUC':>8} | {'AP':>7} | {'CP@100':>7} | {'recall@1%':>9} | {'serve bytes':>11} |"
     lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
     for name, md, m in rows:
         lines.append(
             f"| {name:<14} | {m['roc_auc']:>8.4f} | {m['average_precision']:>7.4f} | {m['card_precision_at_100']:>7.4f} "
-            f"| {m['recall_at_0.01_budget']:>9.4f} | {md.bytes_by_role()['onnx']:>10,} |"
+            f"| {m['recall_at_0.01_budget']:>9.4f} | {md.serve_bytes():>11,} |"
         )
     return "\n".join(lines)

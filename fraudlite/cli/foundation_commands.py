@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import load_transactions, parse_day, write_table
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.modeldir import ModelDir
 from fraudlite.models.evaluation import evaluate_window, score_frame
 from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
 
@@ -118,12 +118,12 @@ def evaluate(
     """Print one JSON object of fair metrics on [start, end]."""
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
-    md = ModelDir.load(model)
+    served = open_model(model)
     df = load_transactions(data, columns, require_label=True)
     if known_fraud_days < 0:
         raise ConfigError(f"--known-fraud-days must be >= 0, got {known_fraud_days}")
     start_day, end_day = parse_day(start, "--start"), parse_day(end, "--end")
-    result = evaluate_window(md, df, start_day, end_day, k=k, known_fraud_days=known_fraud_days)
+    result = evaluate_window(served, df, start_day, end_day, k=k, known_fraud_days=known_fraud_days)
     print(json.dumps(result))
     return 0
 
@@ -132,11 +132,11 @@ def score(model: str, data: str, columns: dict[str, str], out: str) -> int:
     """Write ``tx_id,score`` for every input row (features use the file's whole history)."""
     if Path(out).suffix.lower() != ".csv":
         raise ConfigError(f"--out: scores are written as CSV, got {out!r}")
-    md = ModelDir.load(model)
+    served = open_model(model)
     df = load_transactions(data, columns, require_label=False)
     if "label" not in df:
         logger.warning("score: no label column: terminal risk features will be 0 (training saw real risk)")
-    scores = score_frame(md, df)
+    scores = score_frame(served, df)
     if len(scores) != len(df):
         raise DataError("internal: score count does not match rows")
     write_table(pd.DataFrame({"tx_id": df["tx_id"], "score": scores}), out)

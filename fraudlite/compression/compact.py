@@ -15,8 +15,10 @@ smaller. Per layer:
 - the sparse positions of the kept weights (layers with a mask) as *relative* indices: the number of
   pruned entries skipped before each kept one, row-major (Deep Compression's relative indexing,
   without its fixed-width padding entries);
-- with a codebook: ``k``, the centroids and the codebook index of each kept weight; without: the kept
-  weights themselves.
+- with a codebook: ``k``, the centroids and the codebook index of each kept weight; a layer QAT snapped
+  to its per-row int8 grid (format 3): the integer of each kept weight (the scales are in the
+  quantization trailer, so these weights cost ~8 bits or less instead of 16-32); else the kept weights
+  themselves.
 
 Every integer stream (gaps, indices) is coded (:mod:`fraudlite.compression.entropy`) by whichever of
 fixed-width, Golomb-Rice or canonical Huffman is smallest for it (2-bit tag; a Huffman table is stored
@@ -60,7 +62,8 @@ __all__ = [
 ]
 
 MAGIC = b"FLc"
-_VERSION = 2  # 2: floats drop their common zero low bits; 1 still decodes
+_VERSION = 3  # 3: QAT layers as integers on their int8 grid; 2: floats drop their zero low bits; 1, 2 decode
+QMAX = 127  # the symmetric int8 grid of QAT weights (fraudlite.compression.qat.QMAX_W)
 _F32, _F16, _BF16, _SORTED = 0, 1, 2, 3
 
 
@@ -203,8 +206,10 @@ def encode_compact(c: CompressedMLP, *, keep_stages: bool = False) -> bytes:
         w.gamma(width - 1)
     _write_floats(w, c.mean)
     _write_floats(w, c.std)
-    for (weight, bias), mask, cb in zip(c.layers, c.masks, c.codebooks, strict=True):
-        w.write(int(mask is not None) | (int(cb is not None) << 1), 2)
+    quant = c.quant or [None] * len(c.layers)
+    for (weight, bias), mask, cb, q in zip(c.layers, c.masks, c.codebooks, quant, strict=True):
+        grid = None if cb is not None else _int_grid(weight, mask, q)
+        w.write(int(mask is not None) | (int(cb is not None) << 1) | (int(grid is not None) << 2), 3)
         _write_floats(w, bias)
         flat_mask = None if mask is None else mask.reshape(-1)
         if flat_mask is not None:
@@ -218,6 +223,9 @@ def encode_compact(c: CompressedMLP, *, keep_stages: bool = False) -> bytes:
             _write_floats(w, centroids)
             flat = indices.reshape(-1)
             encode_ints(w, flat if flat_mask is None else flat[flat_mask], alphabet=len(centroids))
+        elif grid is not None:  # the scales are in the quant trailer
+            flat = grid.reshape(-1)
+            encode_ints(w, (flat if flat_mask is None else flat[flat_mask]) + QMAX, alphabet=2 * QMAX + 1)
         else:
             flat = weight.reshape(-1)
             _write_floats(w, flat if flat_mask is None else flat[flat_mask])
@@ -259,7 +267,7 @@ def decode_compact(data: bytes) -> CompressedMLP:
     data = bytes(data)
     if data[:3] != MAGIC:
         raise ModelDirError("not a fraudlite compact artifact (bad magic)")
-    if len(data) < 4 or data[3] not in (1, _VERSION):
+    if len(data) < 4 or data[3] not in (1, 2, _VERSION):
         raise ModelDirError(f"unsupported compact artifact version {data[3] if len(data) > 3 else None}")
     version = data[3]
     r = BitReader(data[4:])
@@ -270,10 +278,11 @@ def decode_compact(data: bytes) -> CompressedMLP:
     mean = _read_floats(r, n_features, version)
     std = _read_floats(r, n_features, version)
     layers, masks, codebooks = [], [], []
+    grids: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # scaled once the quant trailer is read
     for i in range(n_layers):
         shape = (widths[i + 1], widths[i])
         size = shape[0] * shape[1]
-        has = r.read(2)
+        has = r.read(3 if version >= 3 else 2)
         bias = _read_floats(r, shape[0], version)
         mask = None
         if has & 1:
@@ -302,6 +311,9 @@ def decode_compact(data: bytes) -> CompressedMLP:
             if mask is not None:
                 weight[~mask] = 0.0
             cb = (centroids, indices.reshape(shape))
+        elif has & 4:
+            n = size if mask is None else int(mask.sum())
+            grids.append((i, decode_ints(r, n, alphabet=2 * QMAX + 1) - QMAX, mask))
         else:
             n = size if mask is None else int(mask.sum())
             values = _read_floats(r, n, version)
@@ -314,7 +326,40 @@ def decode_compact(data: bytes) -> CompressedMLP:
         codebooks.append(cb)
     quant = _read_blob(r) if flags & 1 else None
     stages = _read_blob(r) if flags & 2 else []
+    for i, q, mask in grids:
+        if quant is None or len(quant) != n_layers:
+            raise ModelDirError("compact artifact is corrupt (integer weights without their scales)")
+        layers[i] = (_from_grid(q, mask, quant[i]["weight_scale"], layers[i][0].shape), layers[i][1])
     return CompressedMLP(layers, mean, std, masks, codebooks, quant, stages)
+
+
+def _int_grid(weight: np.ndarray, mask: np.ndarray | None, q: dict | None) -> np.ndarray | None:
+    """The integers ``k`` (|k| <= QMAX) with ``weight == float32(k * scale_row)`` bit-exactly at every kept
+    entry, when QAT snapped the layer to its per-row int8 grid; else None (stored as floats)."""
+    if not q or len(q.get("weight_scale") or []) != weight.shape[0]:
+        return None
+    scale = np.asarray(q["weight_scale"], dtype=np.float32)[:, None]
+    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        return None
+    k = np.round(weight / scale)
+    kept = np.ones(weight.shape, dtype=bool) if mask is None else mask
+    k = np.where(kept, k, 0)
+    if np.any(np.abs(k) > QMAX):
+        return None
+    back = _from_grid(k[kept].astype(np.int64), mask, q["weight_scale"], weight.shape)
+    return k.astype(np.int64) if back.tobytes() == weight.tobytes() else None
+
+
+def _from_grid(k: np.ndarray, mask: np.ndarray | None, scales: list, shape: tuple[int, int]) -> np.ndarray:
+    full = np.zeros(shape, dtype=np.float32)
+    if mask is None:
+        full[:] = k.reshape(shape).astype(np.float32)
+    else:
+        full[mask.reshape(shape)] = k.astype(np.float32)
+    out = (full * np.asarray(scales, dtype=np.float32)[:, None]).astype(np.float32)
+    if mask is not None:
+        out[~mask.reshape(shape)] = 0.0  # +0.0, as every pruned entry
+    return out
 
 
 def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
@@ -331,7 +376,9 @@ def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
         return w.n_bits
 
     bits["stats"] = cost(lambda w: (_write_floats(w, c.mean), _write_floats(w, c.std)))
-    for (weight, bias), mask, cb in zip(c.layers, c.masks, c.codebooks, strict=True):
+    quant = c.quant or [None] * len(c.layers)
+    for (weight, bias), mask, cb, q in zip(c.layers, c.masks, c.codebooks, quant, strict=True):
+        grid = None if cb is not None else _int_grid(weight, mask, q)
         bits["biases"] += cost(lambda w, b=bias: _write_floats(w, b))
         flat_mask = None if mask is None else mask.reshape(-1)
         if flat_mask is not None:
@@ -345,6 +392,10 @@ def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
             sel = flat if flat_mask is None else flat[flat_mask]
             k = len(cb[0])
             bits["weights"] += cost(lambda w, s=sel, k=k: encode_ints(w, s, alphabet=k))
+        elif grid is not None:
+            flat = grid.reshape(-1)
+            sel = (flat if flat_mask is None else flat[flat_mask]) + QMAX
+            bits["weights"] += cost(lambda w, s=sel: encode_ints(w, s, alphabet=2 * QMAX + 1))
         else:
             flat = weight.reshape(-1)
             sel = flat if flat_mask is None else flat[flat_mask]

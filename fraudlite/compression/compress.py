@@ -27,19 +27,30 @@ import pandas as pd
 from fraudlite.compression import report as reporting
 from fraudlite.compression.compact import compact_breakdown, decode_compact, encode_compact
 from fraudlite.compression.ensemble import train_teacher_ensemble
-from fraudlite.compression.export import choose_runnable, fp32_runnable
+from fraudlite.compression.export import fp32_runnable
 from fraudlite.compression.recipe import Recipe, default_recipe, load_recipe
 from fraudlite.compression.search import run_search
+from fraudlite.compression.served import COMPACT_FILE, choose_runtime, rss_after_open, write_compressed_dir
 from fraudlite.compression.state import CompressedMLP, StageData
 from fraudlite.errors import ConfigError, ModelDirError
 from fraudlite.modeldir import ModelDir
+from fraudlite.runtime.forms import build_forms
 
-__all__ = ["COMPACT_FILE", "STATE_FILE", "check_max_ap_drop", "compress_model_dir", "load_source"]
+__all__ = [
+    "COMPACT_FILE",
+    "STATE_FILE",
+    "check_max_ap_drop",
+    "compress_model_dir",
+    "headline_metrics",
+    "load_source",
+]
 
 logger = logging.getLogger(__name__)
 
-COMPACT_FILE = "model.flc"
 STATE_FILE = "compressed.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.json"
+_PROBE_ROWS = 1024
 
 
 def check_max_ap_drop(value: Any) -> float:
@@ -109,6 +120,7 @@ def compress_model_dir(
     progress: Callable[[str], None] | None = None,
     *,
     measure_memory: bool = True,
+    keep_training_files: bool = False,
 ) -> ModelDir:
     """Compress a trained MLP model directory within an AP budget and write the result atomically.
 
@@ -120,7 +132,11 @@ def compress_model_dir(
         recipe: a :class:`Recipe`, a TOML path, or None for the built-in recipe.
         max_ap_drop: largest validation AP loss allowed, absolute.
         progress: receives progress lines (they are also logged at INFO).
-        measure_memory: measure RSS after load of source and runnable in child processes.
+        measure_memory: measure RSS after load of source and compressed directories in child processes.
+        keep_training_files: also write the training files (kind ``train``, never opened to serve): the
+            compression state with its stage history (``compressed.safetensors``) and the fp32 weights of
+            the compressed network (``weights.safetensors``, so it can be compressed or fine-tuned again).
+            Off by default: the compact artifact decodes to the same weights, masks and codebooks.
 
     Returns:
         The written, verified :class:`ModelDir`; ``manifest["compression"]`` holds the stages, the AP drop
@@ -135,7 +151,6 @@ def compress_model_dir(
     from fraudlite.models import load_mlp
     from fraudlite.models.evaluation import evaluate_scores, features_for
     from fraudlite.models.metrics import choose_thresholds
-    from fraudlite.models.training import write_trained_model
     from fraudlite.runtime import OnnxScorer
 
     t_start = time.perf_counter()
@@ -194,42 +209,45 @@ def compress_model_dir(
     if teacher_report is not None:  # the source's row in the stage table: its overlap with the teacher
         teacher_report["source_agreement"] = result.source_agreement
 
-    # runnable ONNX + compact artifact
-    metadata = {"source_version": md.version, "producer": "fraudlite compress"}
-    check_rows = data.X_valid[: max(4096, 256)]
-
-    def ap_of(model: bytes) -> float:  # serving-sized batches: dynamic int8 calibrates per batch
-        return float(metrics_of(OnnxScorer(model).score(data.X_valid, batch_size=256))["average_precision"])
-
-    say("compress: export: building and timing runnable candidates")
-    runnable, runtime = choose_runnable(
-        final, recipe.export, data.X_train, check_rows, ap_of, source_ap - max_ap_drop, metadata
-    )
+    # what ships: the compact artifact; what serves: the fastest runnable form of its decoded weights
     compact = encode_compact(final)
-    if not decode_compact(compact).equals(CompressedMLP(final.layers, final.mean, final.std, final.masks,
-                                                        final.codebooks, final.quant, [])):  # fmt: skip
-        raise RuntimeError("compact artifact does not round-trip")  # encode_compact verifies; belt and braces
-    runnable_scores = OnnxScorer(runnable).score(data.X_valid)
-    final_metrics = metrics_of(runnable_scores)
+    shipped = decode_compact(compact)  # encode_compact verified the round trip; serve scores these bytes
+    say("compress: runtime: timing the runnable forms of the decoded artifact side by side")
+    form_name, runtime = choose_runtime(shipped, data.X_valid[:_PROBE_ROWS])
+    forms = build_forms(shipped.layers, shipped.mean, shipped.std, shipped.masks)
+    if recipe.export.form != "auto":
+        if recipe.export.form not in forms:
+            raise ConfigError(f"recipe [export] form = {recipe.export.form!r} does not apply to this model "
+                              f"(its forms: {', '.join(forms)})")  # fmt: skip
+        form_name = recipe.export.form
+        runtime.update(form=form_name, why=f"fixed by the recipe ([export] form); measured: {runtime['why']}")
+    served_scores = forms[form_name].score(data.X_valid)
+    score_diff = float(np.max(np.abs(served_scores - final.predict_proba(data.X_valid))))
+    if score_diff > recipe.export.max_score_diff:
+        raise RuntimeError(f"served form {form_name} differs from the compressed weights by {score_diff:.2e}")
+    runtime["max_abs_score_diff"] = score_diff
+    say(f"compress: runtime: {form_name} ({runtime['why']})")
+    final_metrics = metrics_of(served_scores)
     ap_drop = source_ap - float(final_metrics["average_precision"])
-    if ap_drop > max_ap_drop + 1e-4:  # fp32: float rounding only; int8 candidates were checked by AP
-        raise RuntimeError(f"runnable model AP drop {ap_drop:.4f} exceeds the budget after export")
+    if ap_drop > max_ap_drop + 1e-4:  # float rounding only: the search measured these weights
+        raise RuntimeError(f"served model AP drop {ap_drop:.4f} exceeds the budget")
 
-    # per-stage rows: source, then each accepted stage
+    # per-stage rows: source, then each accepted stage (stages as fp32 ONNX, the served form last)
     source_onnx = md.onnx_path.read_bytes()
     stage_states = [("source", source_state, source_metrics)] + [
         (t.stage, t.state, t.metrics) for t in result.accepted
     ]
     say("compress: measuring per-stage sizes and speed")
-    keys = ["source"] + [f"{i}:{name}" for i, (name, _, _) in enumerate(stage_states[1:], 1)] + ["final"]
+    keys = ["source"] + [f"{i}:{name}" for i, (name, _, _) in enumerate(stage_states[1:], 1)]
     runnables = {"source": source_onnx}
-    for key, (_, state, _) in zip(keys[1:-1], stage_states[1:], strict=True):
+    for key, (_, state, _) in zip(keys[1:], stage_states[1:], strict=True):
         runnables[key] = fp32_runnable(state, recipe.export.storage)
-    runnables["final"] = runnable
     speed = reporting.measure_speed(runnables, data.X_valid)
+    speed["final"] = {int(b): float(v) for b, v in runtime["rows_per_s"][form_name].items()}
+    keys.append("final")
     stage_states.append(("final", final, final_metrics))
     agreements = [result.source_agreement] + [t.agreement for t in result.accepted]
-    agreements.append(agreements[-1])  # the runnable holds the last accepted weights
+    agreements.append(agreements[-1])  # the served form holds the last accepted weights
     rows = []
     for i, ((name, state, metrics), key) in enumerate(zip(stage_states, keys, strict=True)):
         rows.append(
@@ -239,7 +257,7 @@ def compress_model_dir(
                 "n_params": state.n_params(),
                 "n_kept_weights": state.n_kept_weights(),
                 "compact_bytes": len(encode_compact(state)),
-                "runnable_bytes": len(runnables[key]),
+                "runnable_bytes": len(runnables[key]) if key in runnables else len(compact),
                 "average_precision": metrics["average_precision"],
                 "ap_drop": source_ap - metrics["average_precision"],
                 "roc_auc": metrics["roc_auc"],
@@ -252,33 +270,23 @@ def compress_model_dir(
                 "params": (result.accepted[i - 1].setting if 0 < i <= len(result.accepted) else {}),
             }
         )
-    rows[-1]["stage"] = f"runnable ({runtime['chosen']})"
+    rows[-1]["stage"] = f"served ({form_name})"
     source_bytes = len(source_onnx)
-    memory = None
-    if measure_memory:
-        with tempfile.TemporaryDirectory(prefix="fraudlite-rss-") as tmp:
-            path = Path(tmp) / "runnable.onnx"
-            path.write_bytes(runnable)
-            memory = {
-                "source_rss_bytes": reporting.rss_after_load(md.onnx_path, final.n_features),
-                "runnable_rss_bytes": reporting.rss_after_load(path, final.n_features),
-                "what": "RSS added to a fresh process by creating the session and scoring one batch of 256",
-            }
-    threshold, alert_threshold = choose_thresholds(data.y_valid, runnable_scores)
+    threshold, alert_threshold = choose_thresholds(data.y_valid, served_scores)
     summary = {
         "source_onnx_bytes": source_bytes,
+        "source_serve_bytes": md.serve_bytes(),
         "source_average_precision": source_ap,
         "compact_bytes": len(compact),
         "compact_ratio": source_bytes / len(compact),
-        "runnable_bytes": len(runnable),
-        "runnable_ratio": source_bytes / len(runnable),
+        "served_form": form_name,
         "speedup_b1": rows[-1]["rows_per_s_b1"] / rows[0]["rows_per_s_b1"],
         "speedup_b256": rows[-1]["rows_per_s_b256"] / rows[0]["rows_per_s_b256"],
         "average_precision": final_metrics["average_precision"],
         "roc_auc": final_metrics["roc_auc"],
         "card_precision_at_100": final_metrics["card_precision_at_100"],
         "ap_drop": ap_drop,
-        "max_abs_score_diff": runtime["max_abs_score_diff"],
+        "max_abs_score_diff": score_diff,
         "compact_breakdown": compact_breakdown(final),
         "final": final.summary(),
     }
@@ -288,57 +296,67 @@ def compress_model_dir(
         "recipe": recipe.to_dict(),
         "summary": summary,
         "stages": rows,
+        "stage_records": [dict(rec) for rec in final.stages],
         "trials": [t.record() for t in result.trials],
         "skipped_stages": result.skipped,
         "runtime": runtime,
-        "memory": memory,
+        "memory": None,
         "teacher": teacher_report,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    stages = [dict(rec) for rec in final.stages]
     manifest = {
         "model_type": "mlp",
         "data_window": md.manifest["data_window"],
         "threshold": threshold,
         "alert_threshold": alert_threshold,
-        "feature_names": md.manifest.get("feature_names", spec.names),
-        "metrics": {"validation": final_metrics, "source_validation": source_metrics},
+        "metrics": {"validation": headline_metrics(final_metrics)},
         "compression": {
-            "stages": stages,
-            "skipped_stages": [s["stage"] for s in result.skipped],
+            "stages": [rec.get("name") for rec in final.stages],
+            "skipped_stages": [skip["stage"] for skip in result.skipped],
             "source_version": md.version,
             "ap_drop": ap_drop,
-            "validation_ap_drop": ap_drop,
             "max_ap_drop": max_ap_drop,
-            "runtime": runtime["chosen"],
             "compact_bytes": len(compact),
-            "runnable_bytes": len(runnable),
             "source_onnx_bytes": source_bytes,
-            "compact_ratio": summary["compact_ratio"],
-            "runnable_ratio": summary["runnable_ratio"],
-            "recipe": recipe.to_dict(),
+            "compact_ratio": round(summary["compact_ratio"], 2),
         },
+        "runtime": {k: runtime[k] for k in ("form", "why", "machine")},
         "parent_version": md.version,
-        "n_train": int(train_mask.sum()),
-        "n_valid": int(valid_mask.sum()),
     }
-    normalization = json.loads(md.file("spec").read_text()).get("normalization", {})
-    final_model = final.to_model()
 
-    def extra(tmp: Path) -> dict[str, str]:
-        (tmp / COMPACT_FILE).write_bytes(compact)
-        final.save(tmp / STATE_FILE)
+    def write(tmp: Path) -> dict[str, str]:
+        roles: dict[str, str] = {}
+        if measure_memory:  # RSS of serving this directory vs the source, each in a fresh process
+            say("compress: measuring RSS after load (child processes)")
+            with tempfile.TemporaryDirectory(prefix="fraudlite-rss-") as probe:
+                probe_dir = write_compressed_dir(Path(probe) / "model", compact, spec, manifest)
+                report["memory"] = {
+                    "source_rss_bytes": rss_after_open(md.path),
+                    "served_rss_bytes": rss_after_open(probe_dir.path),
+                    "what": "RSS that opening the directory and scoring one batch of 256 adds to a fresh process",
+                }
+        if keep_training_files:
+            from fraudlite.models import save_mlp
+
+            final.save(tmp / STATE_FILE)
+            save_mlp(final.to_model(), tmp / WEIGHTS_FILE)
+            roles.update({STATE_FILE: "state", WEIGHTS_FILE: "weights"})
+        (tmp / METRICS_FILE).write_text(json.dumps(manifest["metrics"], indent=2))
         report["version"] = "(see manifest.json)"
-        return {COMPACT_FILE: "compact", STATE_FILE: "state", **reporting.write_report(tmp, report)}
+        return {**roles, METRICS_FILE: "report", **reporting.write_report(tmp, report)}
 
-    def write_weights(path: Path) -> None:
-        from fraudlite.models import save_mlp
-
-        save_mlp(final_model, path)
-
-    written = write_trained_model(out, runnable, spec, normalization, write_weights, manifest, extra)
-    say(f"compress: wrote {written.path} version={written.version} in {time.perf_counter() - t_start:.0f}s")
+    written = write_compressed_dir(out, compact, spec, manifest, write)
+    say(
+        f"compress: wrote {written.path} version={written.version} serve bytes={written.serve_bytes():,} "
+        f"(source {md.serve_bytes():,}) in {time.perf_counter() - t_start:.0f}s"
+    )
     return written
+
+
+def headline_metrics(metrics: dict) -> dict:
+    """The metrics a manifest keeps (the report keeps the rest)."""
+    keys = ("roc_auc", "average_precision", "card_precision_at_100", "n", "n_fraud")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def _sayer(progress: Callable[[str], None] | None) -> Callable[[str], None]:

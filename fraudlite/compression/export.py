@@ -1,4 +1,8 @@
-"""Runnable ONNX from a :class:`CompressedMLP`: small on disk, fp32-fast at run time, no torch needed.
+"""ONNX files of a :class:`CompressedMLP`: small on disk, fp32-fast at run time, no torch needed.
+
+What a compressed model ships is its compact artifact, not these graphs (the serving form is built in
+memory from it, :mod:`fraudlite.compression.served`); these are for whoever wants an ONNX file of a
+stage (the report's per-stage sizes and speeds, the benchmarks, other tools).
 
 What we measured on the 2-core target (single thread, see ``benchmarks/RESULTS.md``): for MLPs this
 small, int8 matmuls (ORT dynamic, static QDQ or QOperator) are *slower* than fp32 at batch 1 and usually
@@ -23,7 +27,7 @@ Serving contract: input ``features`` float32 [N, F] (raw), output ``score`` floa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -40,7 +44,6 @@ __all__ = [
     "fp32_runnable",
     "reference_scores",
     "max_score_diff",
-    "choose_runnable",
 ]
 
 INPUT_NAME = "features"
@@ -293,106 +296,3 @@ def max_score_diff(onnx_bytes: bytes, c: CompressedMLP, X: np.ndarray) -> float:
     from fraudlite.runtime import OnnxScorer
 
     return float(np.max(np.abs(OnnxScorer(onnx_bytes).score(X) - reference_scores(c, X)))) if len(X) else 0.0
-
-
-def choose_runnable(
-    c: CompressedMLP,
-    settings,
-    X_calibration: np.ndarray,
-    X_check: np.ndarray,
-    ap_of: Callable[[bytes], float],
-    ap_floor: float,
-    metadata: Mapping[str, str] | None = None,
-) -> tuple[bytes, dict]:
-    """Build the runnable candidates, measure them in one alternating run, pick one.
-
-    Candidates: ``fp32`` (always; folded standardization, smallest storage) and, as ``settings.precision``
-    asks, ``int8-static`` (QDQ, calibrated on ``X_calibration``; with ``auto`` both per-channel and
-    per-tensor) and ``int8-dynamic``. With ``auto`` the fastest int8 candidate wins only if it is >= 10% faster at batch 256, not slower at batch 1 and its
-    validation AP stays >= ``ap_floor``; otherwise fp32 (what we measured on these machines).
-
-    Args:
-        c: the compressed model.
-        settings: :class:`fraudlite.compression.recipe.ExportSettings`.
-        X_calibration: training rows (static calibration).
-        X_check: rows for the score check and the timing (>= 256 rows).
-        ap_of: validation AP of a candidate graph.
-        ap_floor: source AP minus the budget.
-        metadata: ONNX metadata_props.
-
-    Returns:
-        ``(onnx bytes, info)`` with ``chosen``, ``why``, ``max_abs_score_diff`` and per-candidate
-        ``bytes``, ``rows_per_s_b1``, ``rows_per_s_b256``, ``average_precision``.
-
-    Raises:
-        RuntimeError: when the fp32 graph does not reproduce ``c``'s scores (a bug, never a user error).
-    """
-    from fraudlite.compression.quantize import quantize_dynamic_onnx, quantize_static_onnx
-    from fraudlite.compression.report import measure_speed
-
-    candidates = {"fp32": fp32_runnable(c, settings.storage, metadata)}
-    diff = max_score_diff(candidates["fp32"], c, X_check)
-    if diff > settings.max_score_diff:
-        raise RuntimeError(
-            f"runnable ONNX differs from the compressed weights by {diff:.2e} > {settings.max_score_diff}"
-        )
-    plain = compressed_to_onnx(
-        c, storage="fp32", fold_standardization=False, metadata=metadata
-    ).SerializeToString()
-    if settings.precision == "int8-static":
-        candidates["int8-static"] = quantize_static_onnx(
-            plain, X_calibration, method=settings.calibration, per_channel=settings.per_channel,
-            rows=settings.calibration_rows,
-        )  # fmt: skip
-    elif settings.precision == "auto":  # per-channel on/off is part of the search
-        for per_channel in (True, False):
-            candidates[f"int8-static-{'per-channel' if per_channel else 'per-tensor'}"] = quantize_static_onnx(
-                plain, X_calibration, method=settings.calibration, per_channel=per_channel,
-                rows=settings.calibration_rows,
-            )  # fmt: skip
-    if settings.precision in ("auto", "int8-dynamic"):
-        candidates["int8-dynamic"] = quantize_dynamic_onnx(plain, per_channel=settings.per_channel)
-    speed = measure_speed(candidates, X_check)
-    info: dict = {"candidates": {}}
-    for name, model in candidates.items():
-        info["candidates"][name] = {
-            "bytes": len(model),
-            "rows_per_s_b1": speed[name][1],
-            "rows_per_s_b256": speed[name][256],
-            "average_precision": ap_of(model) if name != "fp32" else None,
-        }
-    fp = info["candidates"]["fp32"]
-    if settings.precision != "auto":
-        chosen, why = settings.precision, "fixed by the recipe ([export] precision)"
-    else:
-        chosen, why = "fp32", "int8 candidates were not faster at both batch sizes or lost AP"
-        int8 = [n for n in info["candidates"] if n != "fp32"]
-        for name in sorted(int8, key=lambda n: -info["candidates"][n]["rows_per_s_b256"]):
-            cand = info["candidates"][name]
-            if (
-                cand
-                and cand["rows_per_s_b256"] >= 1.1 * fp["rows_per_s_b256"]
-                and cand["rows_per_s_b1"] >= fp["rows_per_s_b1"]
-                and cand["average_precision"] >= ap_floor
-            ):
-                chosen, why = (
-                    name,
-                    f"{cand['rows_per_s_b256'] / fp['rows_per_s_b256']:.2f}x fp32 rows/s at batch 256",
-                )
-                break
-        if chosen == "fp32":
-            parts = [
-                f"{n}: {v['rows_per_s_b256'] / fp['rows_per_s_b256']:.2f}x at b256, "
-                f"{v['rows_per_s_b1'] / fp['rows_per_s_b1']:.2f}x at b1"
-                for n, v in info["candidates"].items()
-                if n != "fp32"
-            ]
-            if parts:
-                why = "int8 not faster on this model (" + "; ".join(parts) + ")"
-    model = candidates[chosen]
-    info.update(
-        chosen=chosen,
-        why=why,
-        max_abs_score_diff=diff if chosen == "fp32" else max_score_diff(model, c, X_check),
-    )
-    return model, info

@@ -179,7 +179,7 @@ def snap_to_grid(values: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
     if s.ndim == 1 and np.ndim(values) == 2:
         s = s[:, None]
     q = np.clip(np.round(np.asarray(values, dtype=np.float32) / s), -QMAX_W, QMAX_W).astype(np.float32)
-    return (q * s).astype(np.float32)
+    return (q * s).astype(np.float32) + np.float32(0)  # + 0: no -0.0, so the compact codec stores integers
 
 
 def _codebook_scale(centroids: np.ndarray) -> np.float32:

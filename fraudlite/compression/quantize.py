@@ -8,8 +8,9 @@ offline and activations per batch at run time. Both take an fp32 graph with the 
 explicit (``export.compressed_to_onnx(..., storage="fp32", fold_standardization=False)``): folding
 ``1/std`` into the weights would widen per-column ranges and cost int8 precision.
 
-Whether int8 is used for the runnable model is decided by measurement (``export.choose_runnable``):
-on models this small it is usually slower than fp32 (see the module docs of ``export``).
+On models this small int8 graphs measured 0.29-0.65x the fp32 rows/s (see the module docs of ``export``)
+and were never chosen; the served compressed model is the compact artifact's exact weights
+(:mod:`fraudlite.compression.served`), so these are measured beside it in the benchmarks.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ def measure_speed(
     seconds_per_round: float = 0.03,
     torch_models: Mapping[str, object] | None = None,
     threads: Mapping[str, int] | None = None,
+    scorers: Mapping[str, Callable[[np.ndarray], object]] | None = None,
 ) -> dict[str, dict[int, float]]:
     """Single-thread rows/s of each model at each batch size: alternating rounds, median.
 
@@ -58,6 +59,7 @@ def measure_speed(
         seconds_per_round: target duration of one timed round (the call count is calibrated once).
         torch_models: optional name -> torch module (logits), timed the same way with one torch thread.
         threads: optional name -> ONNX Runtime intra-op threads (default 1: the serving setting).
+        scorers: optional name -> callable scoring a batch (a served model's ``score``), timed the same way.
 
     Returns:
         name -> {batch: rows per second (median over rounds)}.
@@ -67,6 +69,7 @@ def measure_speed(
         sess = _session(model, (threads or {}).get(name, 1))
         in_name = sess.get_inputs()[0].name
         runners[name] = lambda x, s=sess, n=in_name: s.run(None, {n: x})
+    runners.update(scorers or {})
     previous_threads = None
     if torch_models:
         import torch
@@ -284,12 +287,12 @@ def report_markdown(report: dict) -> str:
         "",
         f"- compact artifact: **{s['compact_bytes']:,} B**, {s['compact_ratio']:.1f}x smaller than the source "
         f"fp32 ONNX ({s['source_onnx_bytes']:,} B)",
-        f"- runnable ONNX: **{s['runnable_bytes']:,} B** ({s['runnable_ratio']:.1f}x smaller), "
+        f"- what ships and serves: the compact artifact, decoded at load and run as **{s['served_form']}**: "
         f"{s['speedup_b256']:.2f}x rows/s at batch 256, {s['speedup_b1']:.2f}x at batch 1 (single thread)",
         f"- validation AP {s['average_precision']:.4f} (source {s['source_average_precision']:.4f}, "
-        f"drop {s['ap_drop']:+.4f}); max |score difference| runnable vs compressed weights "
-        f"{s['max_abs_score_diff']:.2e}",
-        f"- runtime: {report['runtime']['chosen']} ({report['runtime']['why']})",
+        f"drop {s['ap_drop']:+.4f}), of the served form's scores; max |score difference| served form vs "
+        f"compressed weights {s['max_abs_score_diff']:.2e}",
+        f"- runtime: {report['runtime']['why']}",
     ]
     if report.get("teacher"):
         t = report["teacher"]
@@ -306,8 +309,8 @@ def report_markdown(report: dict) -> str:
     if report.get("memory"):
         m = report["memory"]
         lines.append(
-            f"- RSS added by loading + one batch: source {m['source_rss_bytes'] / 1024:,.0f} KiB, "
-            f"runnable {m['runnable_rss_bytes'] / 1024:,.0f} KiB"
+            f"- RSS added by opening the directory + one batch: source {m['source_rss_bytes'] / 1024:,.0f} KiB, "
+            f"compressed {m['served_rss_bytes'] / 1024:,.0f} KiB"
         )
     lines += ["", "## Stages (validation window)", "", stage_table(report["stages"]), ""]
     if report.get("trials"):
@@ -323,17 +326,17 @@ def report_markdown(report: dict) -> str:
                 f"{t['ap_drop']:+.4f} | {'yes' if t.get('accepted') else 'no'} |"
             )
         lines.append("")
-    if report.get("runtime", {}).get("candidates"):
+    if report.get("runtime", {}).get("rows_per_s"):
+        speed = report["runtime"]["rows_per_s"]
+        batches = sorted({b for rates in speed.values() for b in rates}, key=int)
         lines += [
-            "## Runtime candidates",
+            "## Runnable forms (decoded compact artifact, single thread, rows/s)",
             "",
-            "| candidate | bytes | rows/s b1 | rows/s b256 | AP |",
-            "|---|---|---|---|---|",
+            "| form | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "|---|" + "---|" * len(batches),
         ]
-        for name, c in report["runtime"]["candidates"].items():
-            ap = "-" if c.get("average_precision") is None else f"{c['average_precision']:.4f}"
-            lines.append(
-                f"| {name} | {c['bytes']:,} | {c['rows_per_s_b1']:,.0f} | {c['rows_per_s_b256']:,.0f} | {ap} |"
-            )
+        for name, rates in speed.items():
+            chosen = " (serves)" if name == report["runtime"].get("form") else ""
+            lines.append(f"| {name}{chosen} | " + " | ".join(f"{rates[b]:,.0f}" for b in batches) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

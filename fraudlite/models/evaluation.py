@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import pandas as pd
 
@@ -9,11 +11,28 @@ from fraudlite.data.transactions import day_of, format_day, to_arrays, window_ma
 from fraudlite.errors import DataError
 from fraudlite.features.offline import compute_features
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.modeldir import ModelDir
 from fraudlite.models.metrics import fraud_metrics
-from fraudlite.runtime import OnnxScorer
 
-__all__ = ["features_for", "score_frame", "known_fraud_mask", "evaluate_window", "evaluate_scores"]
+__all__ = [
+    "Scorable",
+    "features_for",
+    "score_frame",
+    "known_fraud_mask",
+    "evaluate_window",
+    "evaluate_scores",
+]
+
+
+class Scorable(Protocol):
+    """A model ready to score (``fraudlite.compression.served.ServedModel``): its spec, version and scores."""
+
+    @property
+    def spec(self) -> FeatureSpec: ...
+
+    @property
+    def version(self) -> str: ...
+
+    def score(self, features: np.ndarray) -> np.ndarray: ...
 
 
 def features_for(spec: FeatureSpec, df: pd.DataFrame) -> np.ndarray:
@@ -21,11 +40,11 @@ def features_for(spec: FeatureSpec, df: pd.DataFrame) -> np.ndarray:
     return compute_features(spec, to_arrays(spec, df))
 
 
-def score_frame(model: ModelDir, df: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
+def score_frame(model: Scorable, df: pd.DataFrame, features: np.ndarray | None = None) -> np.ndarray:
     """Fraud probability of every row (file order)."""
     if features is None:
         features = features_for(model.spec, df)
-    return OnnxScorer(model.onnx_path).score(features)
+    return model.score(features)
 
 
 def known_fraud_mask(df: pd.DataFrame, delay_days: int, horizon_days: int = 28) -> np.ndarray:
@@ -59,7 +78,7 @@ def evaluate_scores(df: pd.DataFrame, scores: np.ndarray, mask: np.ndarray, k: i
 
 
 def evaluate_window(
-    model: ModelDir,
+    model: Scorable,
     df: pd.DataFrame,
     start_day: int,
     end_day: int,
@@ -68,7 +87,8 @@ def evaluate_window(
     known_fraud_days: int = 28,
 ) -> dict:
     """Fair metrics of ``model`` on days [start_day, end_day] (known-compromised cards excluded, see
-    :func:`known_fraud_mask`).
+    :func:`known_fraud_mask`). With ``scores`` given, ``model`` needs only ``spec`` and ``version`` (a
+    ``ModelDir`` will do).
 
     Raises:
         DataError: empty window, or a window without both classes.

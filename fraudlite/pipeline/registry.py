@@ -25,12 +25,12 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fraudlite.errors import IntegrityError, ModelDirError
-from fraudlite.modeldir import MANIFEST, ModelDir, sha256_file, verify_files, write_model_dir
+from fraudlite.modeldir import KINDS, MANIFEST, ModelDir, sha256_file, verify_files, write_model_dir
 from fraudlite.pipeline.registry_files import (
     CHAMPION_FILE,
     HISTORY_FILE,
@@ -69,9 +69,13 @@ __all__ = [
     "VERSIONS_DIR",
     "CHAMPION_FILE",
     "HISTORY_FILE",
+    "STORED_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
+
+STORED_KINDS = ("serve",)
+"""What a version stores by default: what serving needs (``fraudlite.modeldir``, the three kinds)."""
 
 
 class Registry:
@@ -185,6 +189,7 @@ class Registry:
             },
             "compression": m.get("compression"),
             "bytes": md.bytes_by_role(),
+            "bytes_by_kind": md.bytes_by_kind(),
             "path": str(md.path),
         }
 
@@ -236,29 +241,45 @@ class Registry:
             finally:
                 self._lock_state.depth = 0
 
-    def add(self, source: ModelDir | str | os.PathLike, manifest_updates: dict | None = None) -> ModelDir:
+    def add(
+        self,
+        source: ModelDir | str | os.PathLike,
+        manifest_updates: dict | None = None,
+        kinds: Iterable[str] = STORED_KINDS,
+    ) -> ModelDir:
         """Copy a (verified) model directory into ``versions/<its version>`` atomically.
 
+        Only the files of ``kinds`` are stored: by default what serves (the manifest, the spec and the
+        model in its stored form); reports, plots and training files stay beside the source unless
+        ``kinds`` asks for them (``fraudlite registry add --keep doc,train``).
+
         Args:
-            source: a model directory (re-hashed before copying).
+            source: a model directory (its files of ``kinds`` re-hashed before copying).
             manifest_updates: fields merged into the copy's manifest (``parent_version``, metrics...);
                 the files table and signature are recomputed. ``version`` may rename the copy.
+            kinds: which kinds of file to store (``fraudlite.modeldir.KINDS``); ``serve`` always.
 
         Returns:
             The registered, verified ModelDir.
 
         Raises:
-            RegistryError: the version already exists (versions are immutable).
+            RegistryError: the version already exists (versions are immutable), or an unknown kind.
             IntegrityError / ModelDirError: the source is not a valid model directory.
         """
+        kinds = {"serve", *kinds}
+        if kinds - set(KINDS):
+            raise RegistryError(
+                f"unknown kind(s) of file {sorted(kinds - set(KINDS))}; kinds are {', '.join(KINDS)}"
+            )
         src = source if isinstance(source, ModelDir) else ModelDir.load(source)
-        if isinstance(source, ModelDir):
-            verify_files(src.path, src.manifest)
-        manifest = {k: v for k, v in src.manifest.items() if k not in ("files", "format", "signature")}
+        verify_files(src.path, src.manifest, kinds)
+        manifest = {
+            k: v for k, v in src.manifest.items() if k not in ("files", "contents", "format", "signature")
+        }
         manifest.update(manifest_updates or {})
         manifest["registered"] = now_iso()
         version = validate_version_name(str(manifest["version"]))
-        roles = {name: entry["role"] for name, entry in src.manifest["files"].items()}
+        roles = {name: entry["role"] for name, entry in src.entries().items() if entry["kind"] in kinds}
 
         def copy(tmp: Path) -> dict[str, str]:
             for name in roles:

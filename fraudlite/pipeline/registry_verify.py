@@ -29,12 +29,13 @@ def verify_version(path: Path, manifest_sha256: str | None) -> list[str]:
     problems: list[str] = []
     manifest_path = path / MANIFEST
     try:
-        manifest = ModelDir.load(path, verify=False).manifest
-    except ModelDirError as e:
+        md = ModelDir.load(path, verify=False)
+        files = md.entries()
+    except ModelDirError as e:  # IntegrityError too: a changed contents index
         return [str(e)]
+    manifest = md.manifest
     if manifest_sha256 is not None and sha256_file(manifest_path) != manifest_sha256:
         problems.append(f"{manifest_path}: sha256 does not match the one registered (manifest changed)")
-    files = manifest.get("files") or {}
     for name, entry in files.items():
         p = path / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -47,9 +48,10 @@ def verify_version(path: Path, manifest_sha256: str | None) -> list[str]:
             )
         elif sha256_file(p) != entry.get("sha256"):
             problems.append(f"{p}: sha256 does not match {MANIFEST} (file changed or tampered)")
+    index = (manifest.get("contents") or {}).get("name")
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path).as_posix()
-        if p.is_file() and rel != MANIFEST and rel not in files:
+        if p.is_file() and rel not in (MANIFEST, index) and rel not in files:
             problems.append(f"{p}: not listed in {MANIFEST} (unexpected file)")
     if not problems and os.environ.get(SIGNING_KEY_ENV):
         try:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import day_of, format_day, load_transactions, parse_day
 from fraudlite.errors import ConfigError, DataError, FraudliteError, IntegrityError, ModelDirError
 from fraudlite.features.spec import FeatureSpec
@@ -232,7 +233,7 @@ def _evaluate(
     spec = model.spec
     if spec not in cache:
         cache[spec] = features_for(spec, df)
-    scores = score_frame(model, df, cache[spec])
+    scores = score_frame(open_model(model), df, cache[spec])
     return evaluate_window(model, df, windows.valid_start, windows.valid_end, k=k, scores=scores)
 
 

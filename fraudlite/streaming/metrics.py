@@ -190,13 +190,14 @@ class ScorerMetrics:
         )
         self.model_info = Gauge(
             "fraudlite_model_info",
-            "The model being served (value 1): version, model type, compression stages.",
-            ["version", "model_type", "stages"],
+            "The model being served (value 1): version, model type, compression stages, runnable form.",
+            ["version", "model_type", "stages", "form"],
             registry=r,
         )
         self.model_bytes = Gauge(
             "fraudlite_model_bytes",
-            "Model directory bytes by file role (onnx = runnable).",
+            "Bytes loaded to serve the model, by file role (manifest, compact or onnx, spec); "
+            "documentation and training files are never loaded.",
             ["role"],
             registry=r,
         )
@@ -264,10 +265,11 @@ class ScorerMetrics:
         stages: Sequence[str],
         bytes_by_role: Mapping[str, int],
         loaded_at: float,
+        form: str = "",
     ) -> None:
         """Publish the model now being served (replaces the previous model's info series)."""
         self.model_info.clear()
-        self.model_info.labels(version, model_type, ",".join(stages) or "none").set(1)
+        self.model_info.labels(version, model_type, ",".join(stages) or "none", form).set(1)
         self.model_bytes.clear()
         for role, n in bytes_by_role.items():
             self.model_bytes.labels(role).set(n)

@@ -1,7 +1,8 @@
 """Loading a model for serving, and hot reload from a registry.
 
-``load_model(path)`` verifies the model directory (sha256 of every file, via ``ModelDir.load``), opens an
-ONNX Runtime session and scores a smoke batch, so a model that would fail at the first real batch is
+``load_model(path)`` verifies the model directory (the manifest and the serve files, each re-hashed),
+builds its runnable (``fraudlite.compression.served.open_model``: the compact artifact decoded in memory,
+or the ONNX file of an uncompressed model) and scores a smoke batch, so a model that would fail at the first real batch is
 refused up front. ``ModelReloader`` polls a registry's champion pointer in a background thread, loads a
 newly promoted version there (never on the scoring path) and hands it over; the scorer swaps it in
 between two batches, so every transaction is scored by exactly one model. A version that fails to load
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fraudlite.compression.served import ServedModel, open_model
 from fraudlite.errors import FraudliteError, ModelDirError
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.modeldir import ModelDir
+from fraudlite.modeldir import MANIFEST, ModelDir
 from fraudlite.pipeline.registry import CHAMPION_FILE, VERSIONS_DIR, read_champion
-from fraudlite.runtime import OnnxScorer
 
 __all__ = ["LoadedModel", "load_model", "resolve_champion", "ModelReloader"]
 
@@ -39,16 +40,17 @@ class LoadedModel:
     """A verified model ready to score.
 
     Attributes:
-        model_dir: the loaded directory (manifest verified).
-        scorer: its ONNX Runtime session wrapper.
+        model_dir: the loaded directory (manifest and serve files verified).
+        scorer: its runnable (``fraudlite.compression.served.ServedModel``: ``score(features)``).
         spec: the feature spec it expects.
         version, model_type, stages: from the manifest (stages = compression stages applied).
         threshold, alert_threshold: decision thresholds in use (manifest, or the serve overrides).
         loaded_at: epoch seconds.
+        load_seconds: how long loading, verifying, decoding and building the runnable took.
     """
 
     model_dir: ModelDir
-    scorer: OnnxScorer
+    scorer: ServedModel
     spec: FeatureSpec
     version: str
     model_type: str
@@ -56,10 +58,21 @@ class LoadedModel:
     threshold: float
     alert_threshold: float
     loaded_at: float
+    load_seconds: float = 0.0
 
     @property
     def path(self) -> Path:
         return self.model_dir.path
+
+    @property
+    def form(self) -> str:
+        """The runnable form serving it (``ort-dense``, ``numpy-dense``, ..., ``ort-onnx-file``)."""
+        return str(self.scorer.runtime.get("form", "?"))
+
+    def loaded_bytes(self) -> dict[str, int]:
+        """Bytes per role of what loading read: the manifest and the serve files."""
+        md = self.model_dir
+        return {"manifest": (md.path / MANIFEST).stat().st_size, **md.bytes_by_role(("serve",))}
 
 
 def _stages(manifest: dict) -> tuple[str, ...]:
@@ -79,7 +92,7 @@ def load_model(
     alert_threshold: float | None = None,
     expected_spec: FeatureSpec | None = None,
 ) -> LoadedModel:
-    """Load, verify and smoke-test a model directory.
+    """Load, verify and smoke-test a model directory (``fraudlite.compression.served.open_model``).
 
     Args:
         path: the model directory.
@@ -88,35 +101,33 @@ def load_model(
             refused (its features could not be computed from the existing state).
 
     Raises:
-        ModelDirError: not a model directory, a file fails verification (IntegrityError), the graph
-            does not load or does not score a smoke batch, or the spec differs from ``expected_spec``.
+        ModelDirError: not a model directory, a file fails verification (IntegrityError), the model
+            does not decode or does not score a smoke batch, or the spec differs from ``expected_spec``.
     """
-    md = ModelDir.load(path)
-    try:
-        spec = md.spec
-    except (OSError, ValueError, KeyError, FraudliteError) as e:
-        raise ModelDirError(f"{md.path}: unreadable feature spec ({e})") from None
+    t0 = time.perf_counter()
+    served = open_model(path)
+    md, spec = served.model_dir, served.spec
     if expected_spec is not None and spec != expected_spec:
         raise ModelDirError(
             f"{md.path}: its feature spec differs from the one being served; restart the scorer to change features"
         )
     try:
-        scorer = OnnxScorer(md.onnx_path)
-        smoke = scorer.score(np.zeros((2, spec.n_features), dtype=np.float32))
+        smoke = served.score(np.zeros((2, spec.n_features), dtype=np.float32))
     except FraudliteError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types
-        raise ModelDirError(
-            f"{md.onnx_path}: ONNX Runtime cannot run it ({e.__class__.__name__}: {e})"
-        ) from None
+        raise ModelDirError(f"{md.path}: the model cannot score ({e.__class__.__name__}: {e})") from None
     if smoke.shape != (2,) or not np.isfinite(smoke).all():
-        raise ModelDirError(f"{md.onnx_path}: expected one finite score per row, got shape {smoke.shape}")
+        raise ModelDirError(f"{md.path}: expected one finite score per row, got shape {smoke.shape}")
     manifest = md.manifest
     thr = md.threshold if threshold is None else threshold
     alert = md.alert_threshold if alert_threshold is None else alert_threshold
+    logger.info(
+        "model %s: serving with %s (%s)", md.version, served.runtime.get("form"), served.runtime.get("why")
+    )
     return LoadedModel(
         model_dir=md,
-        scorer=scorer,
+        scorer=served,
         spec=spec,
         version=md.version,
         model_type=str(manifest.get("model_type", "unknown")),
@@ -124,6 +135,7 @@ def load_model(
         threshold=float(thr),
         alert_threshold=float(max(alert, thr)),
         loaded_at=time.time(),
+        load_seconds=time.perf_counter() - t0,
     )
 
 

@@ -135,7 +135,7 @@ class Scorer:
         self.reloader = reloader
         self.metrics = ScorerMetrics(registry if registry is not None else CollectorRegistry())
         self.metrics.set_model(
-            model.version, model.model_type, model.stages, model.model_dir.bytes_by_role(), model.loaded_at
+            model.version, model.model_type, model.stages, model.loaded_bytes(), model.loaded_at, model.form
         )
         self._set_thresholds()
         self.decoder = TransactionDecoder(config.limits)
@@ -461,7 +461,7 @@ class Scorer:
             return
         old, self.model = self.model, model
         self.metrics.set_model(
-            model.version, model.model_type, model.stages, model.model_dir.bytes_by_role(), model.loaded_at
+            model.version, model.model_type, model.stages, model.loaded_bytes(), model.loaded_at, model.form
         )
         self._set_thresholds()
         self.metrics.model_reloads.labels("success").inc()

@@ -398,15 +398,15 @@ def offline_scores(data: Transactions, model, tx_ids=None) -> dict[str, float]:
     none), the independent reference for online features; ``tx_ids`` limits the result."""
     import numpy as np
 
+    from fraudlite.compression.served import open_model
     from fraudlite.features.offline import TransactionArrays, compute_features
-    from fraudlite.runtime import OnnxScorer
 
     spec = model.spec
     arrays = TransactionArrays.from_columns(
         spec, data.ts, np.array(data.customer_id), np.array(data.terminal_id), data.amount,
         np.zeros(len(data), dtype=np.int8),
     )  # fmt: skip
-    scores = OnnxScorer(model.onnx_path).score(compute_features(spec, arrays).astype(np.float32))
+    scores = open_model(model.path).score(compute_features(spec, arrays).astype(np.float32))
     wanted = None if tx_ids is None else set(tx_ids)
     return {
         t: float(s) for t, s in zip(data.tx_id, scores.tolist(), strict=True) if wanted is None or t in wanted

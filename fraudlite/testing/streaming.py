@@ -30,14 +30,14 @@ def write_model(
     stages: list[str] | None = None,
     version: str | None = None,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
+    compressed: bool = False,
 ) -> ModelDir:
     """A small MLP scoring model directory (random weights) honouring the serving contract.
 
     ``stats`` = (mean, std) of the features (``feature_stats``) makes the scores spread realistically
-    (a few percent above 0.5); without it inputs are scaled by a rough constant.
+    (a few percent above 0.5); without it inputs are scaled by a rough constant. ``compressed`` writes
+    it the way ``fraudlite compress`` ships a model: the first layer half pruned, as a compact artifact.
     """
-    from fraudlite.models.onnx_export import mlp_to_onnx
-
     spec = spec or FeatureSpec()
     rng = np.random.default_rng(seed)
     f = spec.n_features
@@ -49,6 +49,18 @@ def write_model(
         mean, std = np.zeros(f, np.float32), np.full(f, 50.0, np.float32)
     else:
         mean, std = (np.asarray(a, np.float32) for a in stats)
+    manifest = {
+        "threshold": threshold,
+        "alert_threshold": alert_threshold,
+        "model_type": "mlp",
+        "compression": {"stages": stages or []},
+    }
+    if version:
+        manifest["version"] = version
+    if compressed:
+        return _write_compressed(out, spec, layers, mean, std, manifest)
+    from fraudlite.models.onnx_export import mlp_to_onnx
+
     onnx_bytes = mlp_to_onnx(layers, mean, std).SerializeToString()
 
     def write(tmp: Path) -> dict[str, str]:
@@ -60,15 +72,20 @@ def write_model(
         )
         return {"model.onnx": "onnx", "feature_spec.json": "spec"}
 
-    manifest = {
-        "threshold": threshold,
-        "alert_threshold": alert_threshold,
-        "model_type": "mlp",
-        "compression": {"stages": stages or []},
-    }
-    if version:
-        manifest["version"] = version
     return write_model_dir(out, write, manifest)
+
+
+def _write_compressed(out, spec: FeatureSpec, layers, mean, std, manifest: dict) -> ModelDir:
+    from fraudlite.compression.compact import encode_compact
+    from fraudlite.compression.served import choose_runtime, write_compressed_dir
+    from fraudlite.compression.state import CompressedMLP
+
+    w0 = layers[0][0]
+    mask = np.abs(w0) >= np.median(np.abs(w0))
+    layers = [(np.where(mask, w0, np.float32(0)), layers[0][1]), *layers[1:]]
+    state = CompressedMLP(layers, mean, std, masks=[mask, None])
+    _, runtime = choose_runtime(state)
+    return write_compressed_dir(out, encode_compact(state), spec, {**manifest, "runtime": runtime})
 
 
 def feature_stats(tx: Transactions, spec: FeatureSpec | None = None) -> tuple[np.ndarray, np.ndarray]:

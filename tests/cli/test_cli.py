@@ -63,9 +63,12 @@ def test_generate_writes_the_contract_columns(small_data):
 
 
 def test_train_writes_a_complete_model_dir(trained):
+    from fraudlite.modeldir import ModelDir
+
     manifest = json.loads((trained / "manifest.json").read_text())
-    roles = {e["role"] for e in manifest["files"].values()}
-    assert {"onnx", "spec", "weights", "report"} <= roles
+    assert {e["role"] for e in manifest["files"].values()} == {"onnx", "spec"}  # what serves
+    kinds = {e["role"]: e["kind"] for e in ModelDir.load(trained).entries().values()}
+    assert kinds == {"onnx": "serve", "spec": "serve", "weights": "train", "report": "doc"}
     assert manifest["data_window"]["train_start"] == "2026-01-31"
     assert 0 < manifest["threshold"] < 1
 

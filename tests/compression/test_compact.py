@@ -262,5 +262,22 @@ def test_format_version_1_artifacts_still_decode() -> None:
     assert back.std.tolist() == [1.5, 0.25, 3.0]
     assert back.masks[0].sum() == 6
     np.testing.assert_allclose(back.logits(np.float32([[1, 2, 3]])), [-23.741798], rtol=1e-6)
-    assert encode_compact(back)[3] == 2  # re-encoding writes the current format
+    assert encode_compact(back)[3] == 3  # re-encoding writes the current format
     assert decode_compact(encode_compact(back)).equals(back)
+
+
+def test_qat_layers_ship_as_integers_on_their_grid(make_state) -> None:
+    """A layer snapped to its per-row int8 grid costs ~8 bits per weight, not a float each; bit-exact."""
+    from fraudlite.compression.qat import compute_weight_scales, snap_to_grid
+
+    c = make_state(hidden=(32, 16), sparsity=0.5)
+    layers, quant = [], []
+    for (w, b), mask in zip(c.layers, c.masks, strict=True):
+        scale = compute_weight_scales(w, per_channel=True)
+        snapped = snap_to_grid(w, scale)
+        layers.append((snapped if mask is None else np.where(mask, snapped, np.float32(0)), b))
+        quant.append({"weight_scale": [float(x) for x in scale], "bits": 8})
+    q = CompressedMLP(layers, c.mean, c.std, c.masks, quant=quant)
+    floats = CompressedMLP(layers, c.mean, c.std, c.masks, quant=[{"bits": 8}] * len(layers))
+    assert decode_compact(encode_compact(q)).equals(q)
+    assert len(encode_compact(q)) < 0.75 * len(encode_compact(floats))

@@ -72,48 +72,63 @@ def compressed(small, frame, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "compressed"
     lines: list[str] = []
     md = compress_model_dir(
-        small[1], frame, out, parse_recipe(FAST_RECIPE), max_ap_drop=0.5, progress=lines.append
-    )
+        small[1], frame, out, parse_recipe(FAST_RECIPE), max_ap_drop=0.5, progress=lines.append,
+        keep_training_files=True,
+    )  # fmt: skip
     return md, lines
 
 
 def test_writes_a_complete_servable_model_dir(compressed, small, frame) -> None:
-    from fraudlite.data.transactions import parse_day
-    from fraudlite.models.evaluation import evaluate_window
-    from fraudlite.runtime import OnnxScorer
+    from fraudlite.compression.served import open_model
+    from fraudlite.data.transactions import parse_day, window_mask
+    from fraudlite.models.evaluation import evaluate_scores, evaluate_window, score_frame
 
     md, _ = compressed
-    roles = md.bytes_by_role()
-    for role in ("onnx", "spec", "weights", "compact", "state", "report", "compression_report", "pareto"):
-        assert role in roles, role
+    kinds = {e["role"]: e["kind"] for e in md.entries().values()}
+    assert kinds == {
+        "compact": "serve", "spec": "serve", "state": "train", "weights": "train", "report": "doc",
+        "compression_report": "doc", "compression_report_md": "doc", "pareto": "doc",
+    }  # fmt: skip
+    assert set(md.manifest["files"]) == {COMPACT_FILE, "feature_spec.json"}  # the manifest lists what serves
     source = ModelDir.load(small[1])
     assert md.manifest["parent_version"] == source.version
     assert md.manifest["data_window"] == source.manifest["data_window"]
     comp = md.manifest["compression"]
-    assert [s["name"] for s in comp["stages"]] == ["distill", "prune", "cluster"]
-    assert comp["ap_drop"] <= 0.5 and comp["validation_ap_drop"] == comp["ap_drop"]
-    assert comp["compact_bytes"] == roles["compact"] and comp["runnable_bytes"] == roles["onnx"]
-    assert roles["compact"] < roles["onnx"] < source.bytes_by_role()["onnx"]
+    assert comp["stages"] == ["distill", "prune", "cluster"]
+    assert comp["ap_drop"] <= 0.5 and comp["compact_bytes"] == md.bytes_by_role()["compact"]
+    assert md.manifest["runtime"]["form"] in ("ort-dense", "numpy-dense", "numpy-sparse")
     assert 0 < md.threshold <= md.alert_threshold < 1
-    # servable: the scorer loads it, evaluation works on it like on a trained model
+    # what serving reads: a fraction of the source's, and the AP compression reported is the served one's
+    assert md.serve_bytes() * 3 < source.serve_bytes()
+    served = open_model(md.path)
     w = source.manifest["data_window"]
-    result = evaluate_window(md, frame, parse_day(w["valid_start"], "s"), parse_day(w["valid_end"], "e"))
-    assert 0 <= result["average_precision"] <= 1
-    scores = OnnxScorer(md.onnx_path).score(np.zeros((2, len(md.spec.names)), np.float32))
-    assert scores.shape == (2,)
+    valid = window_mask(frame, parse_day(w["valid_start"], "s"), parse_day(w["valid_end"], "e"), "valid")
+    scores = score_frame(served, frame)
+    reported = md.manifest["metrics"]["validation"]["average_precision"]
+    assert evaluate_scores(frame, scores, valid)["average_precision"] == pytest.approx(reported, abs=1e-9)
+    assert served.runtime["form"] == md.manifest["runtime"]["form"]
+    fair = evaluate_window(served, frame, parse_day(w["valid_start"], "s"), parse_day(w["valid_end"], "e"))
+    assert 0 <= fair["average_precision"] <= 1
 
 
-def test_compact_artifact_decodes_to_the_compressed_weights(compressed) -> None:
+def test_the_served_model_is_the_compact_artifact_decoded(compressed, frame) -> None:
+    """Decoded weights == the compressed weights (the state file kept by --keep-training-files), and the
+    served scores equal theirs to 1e-6 whichever runnable form serves."""
+    from fraudlite.compression.served import FORMS, open_model
+
     md, _ = compressed
     state = CompressedMLP.load(md.file("state"))
     back = decode_compact(md.file("compact").read_bytes())
     assert back.equals(CompressedMLP(state.layers, state.mean, state.std, state.masks, state.codebooks,
                                      state.quant, []))  # fmt: skip
     assert md.file("compact").name == COMPACT_FILE and md.file("state").name == STATE_FILE
-    from fraudlite.compression.export import max_score_diff
-
+    served = open_model(md.path)
+    assert served.state.equals(back)
     X = np.random.default_rng(0).normal(size=(500, back.n_features)).astype(np.float32) * 3
-    assert max_score_diff(md.onnx_path.read_bytes(), back, X) < 1e-5
+    assert np.max(np.abs(served.score(X) - state.predict_proba(X))) <= 1e-6
+    for name, form in FORMS.items():
+        scores = form(back.layers, back.mean, back.std, back.masks).score(X)
+        assert np.max(np.abs(scores - state.predict_proba(X))) <= 1e-6, name
 
 
 def test_report_files_and_progress(compressed) -> None:
@@ -124,15 +139,16 @@ def test_report_files_and_progress(compressed) -> None:
         "distill",
         "prune",
         "cluster",
-        "runnable (fp32)",
+        f"served ({md.manifest['runtime']['form']})",
     ]
     for row in report["stages"]:
         for key in ("n_params", "compact_bytes", "runnable_bytes", "average_precision", "roc_auc",
                     "card_precision_at_100", "rows_per_s_b1", "rows_per_s_b256"):  # fmt: skip
             assert row[key] is not None, key
     assert [t["setting"] for t in report["trials"] if t["stage"] == "prune"][0] == {"sparsity": 0.9}
-    assert report["runtime"]["chosen"] == "fp32"
-    assert report["memory"]["runnable_rss_bytes"] > 0
+    assert report["runtime"]["form"] == md.manifest["runtime"]["form"]
+    assert set(report["runtime"]["rows_per_s"]) >= {"ort-dense", "numpy-dense", "numpy-sparse"}
+    assert report["memory"]["served_rss_bytes"] > 0
     md_text = md.file("compression_report_md").read_text()
     assert "| stage |" in md_text and "compact artifact" in md_text
     assert md.file("pareto").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -229,7 +245,9 @@ def test_cli_prints_the_stage_table(small, tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert code == 0
     assert "| stage |" in printed and "| cluster |" in printed and "smaller than the source ONNX" in printed
-    assert ModelDir.load(out).has("compact")
+    md = ModelDir.load(out)
+    assert md.has("compact") and not md.has("onnx")
+    assert md.bytes_by_kind()["train"] == 0  # training files only with --keep-training-files
 
 
 def test_optional_stage_is_skipped_and_reported(small, frame, tmp_path) -> None:
@@ -241,7 +259,7 @@ def test_optional_stage_is_skipped_and_reported(small, frame, tmp_path) -> None:
     md = compress_model_dir(small[1], frame, tmp_path / "out", recipe, max_ap_drop=0.05, measure_memory=False)
     comp = md.manifest["compression"]
     assert comp["skipped_stages"] == ["prune"]
-    assert [s["name"] for s in comp["stages"]] == ["cluster"]
+    assert comp["stages"] == ["cluster"]
     report = json.loads(md.file("compression_report").read_text())
     assert report["skipped_stages"][0]["smallest_ap_drop"] > 0.05
     assert "skipped" in md.file("compression_report_md").read_text()
@@ -267,10 +285,46 @@ def test_the_teacher_ensemble_teaches_the_stages(compressed) -> None:
     teacher = report["teacher"]
     assert teacher["members"] == 2 and 0 < teacher["average_precision"] <= 1
     # the distillation stage measured its teacher: the ensemble, not the source
-    distill = next(s for s in md.manifest["compression"]["stages"] if s["name"] == "distill")
+    distill = next(s for s in report["stage_records"] if s["name"] == "distill")
     assert distill["valid_ap_before"] == pytest.approx(teacher["average_precision"], abs=1e-9)
     assert distill["valid_ap_before"] != pytest.approx(
         report["summary"]["source_average_precision"], abs=1e-9
     )
     assert any("teacher member 2/2: valid AP" in line for line in lines)
     assert "teacher" in md.file("compression_report_md").read_text()
+
+
+def test_serve_opens_a_fifth_of_the_fp32_bytes_and_never_a_report(compressed, small) -> None:
+    """Counted in a fresh process with an audit hook: every file ``serve``'s model loading opens."""
+    from fraudlite.testing.opened import files_opened_by_serve
+
+    md, _ = compressed
+    opened = files_opened_by_serve(md.path)
+    assert set(opened) == {"manifest.json", COMPACT_FILE, "feature_spec.json"}
+    fp32 = files_opened_by_serve(small[1])
+    assert set(fp32) == {"manifest.json", "model.onnx", "feature_spec.json"}
+    assert sum(opened.values()) * 5 <= sum(fp32.values()), (opened, fp32)
+    assert sum(opened.values()) == md.serve_bytes()
+
+
+def test_registry_stores_what_serves(compressed, tmp_path) -> None:
+    from fraudlite.compression.served import open_model
+    from fraudlite.pipeline.registry import Registry
+
+    md, _ = compressed
+    everything = sum(p.stat().st_size for p in md.path.iterdir())  # what a version stored before
+    reg = Registry(tmp_path / "reg", create=True)
+    version = reg.add(md)
+    stored = sum(p.stat().st_size for p in version.path.iterdir())
+    assert stored * 10 <= everything, (stored, everything)
+    assert sorted(p.name for p in version.path.iterdir()) == [
+        "feature_spec.json",
+        "manifest.json",
+        COMPACT_FILE,
+    ]
+    assert reg.describe(version.version)["bytes_by_kind"] == {"serve": stored, "doc": 0, "train": 0}
+    assert reg.verify(version.version) == {version.version: []}
+    X = np.random.default_rng(1).normal(size=(64, md.spec.n_features)).astype(np.float32)
+    assert np.array_equal(open_model(version.path).score(X), open_model(md.path).score(X))
+    kept = Registry(tmp_path / "reg2", create=True).add(md, kinds=("serve", "doc", "train"))
+    assert kept.bytes_by_role() == md.bytes_by_role()  # asked for, everything is stored

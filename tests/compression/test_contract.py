@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fraudlite.compression.cluster import ClusterConfig, cluster_stage
+from fraudlite.compression.compact import decode_compact, encode_compact
 from fraudlite.compression.distill import DistillConfig, distill_stage
 from fraudlite.compression.prune import PruneConfig, StructuredConfig, prune_stage, structured_prune_stage
 from fraudlite.compression.qat import QATConfig, fake_quant_logits, qat_stage
@@ -88,8 +89,9 @@ class TestContract:
         assert scores.shape == (100,) and np.all((scores >= 0) & (scores <= 1))
 
     def test_size_shrinks(self, technique, results, base_state):
+        """Measured on what ships: the compact artifact's bytes (a QAT layer must be stored as integers)."""
         out, _ = results(technique)
-        assert out.storage_bits() < base_state.storage_bits()
+        assert len(encode_compact(out)) < len(encode_compact(base_state))
 
     def test_ap_bound(self, technique, results, base_state, stage_data):
         out, _ = results(technique)
@@ -110,6 +112,10 @@ class TestContract:
         back = CompressedMLP.load(path)
         assert back.equals(out)
         np.testing.assert_array_equal(back.logits(stage_data.X_valid), out.logits(stage_data.X_valid))
+        shipped = decode_compact(encode_compact(out))  # and through the form that ships, bit-exactly
+        assert shipped.equals(
+            CompressedMLP(out.layers, out.mean, out.std, out.masks, out.codebooks, out.quant)
+        )
 
     def test_torch_and_numpy_agree(self, technique, results, stage_data):
         from fraudlite.models import predict_logits
@@ -148,9 +154,11 @@ def test_pipeline_preserves_structure(base_state, stage_data):
                 assert np.all(later.layers[i][0][~pruned.masks[i]] == 0)
         c, idx = quantized.codebooks[i]
         assert len(c) <= 8
-        np.testing.assert_array_equal(idx, clustered.codebooks[i][1]) if len(c) == len(
-            clustered.codebooks[i][0]
-        ) else None
+        # weights that shared a centroid still share one (QAT may merge centroids, never split them)
+        kept = np.ones(idx.shape, bool) if pruned.masks[i] is None else pruned.masks[i]
+        before, after = clustered.codebooks[i][1][kept], idx[kept]
+        for j in np.unique(before):
+            assert len(np.unique(after[before == j])) == 1, (i, j)
         assert (
             len(
                 np.unique(
@@ -162,12 +170,10 @@ def test_pipeline_preserves_structure(base_state, stage_data):
             <= 8
         )
     assert quantized.sparsity() == pytest.approx(pruned.sparsity())
-    assert (
-        quantized.storage_bits()
-        <= clustered.storage_bits()
-        < pruned.storage_bits()
-        < base_state.storage_bits()
-    )
+    # what ships shrinks at every stage but QAT after clustering, whose int8 parameters (the trailer) cost
+    # more than the already-clustered weights save: still below the pruned model
+    sizes = [len(encode_compact(s)) for s in (quantized, clustered, pruned, base_state)]
+    assert sizes[1] < sizes[2] < sizes[3] and sizes[0] < sizes[2], sizes
 
 
 def test_every_technique_is_covered():

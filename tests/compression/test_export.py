@@ -13,7 +13,6 @@ import pytest
 
 from fraudlite.compression.compact import round_floats
 from fraudlite.compression.export import (
-    choose_runnable,
     compressed_to_onnx,
     fp32_runnable,
     max_score_diff,
@@ -121,21 +120,32 @@ def test_torch_dynamic_quantization_baseline(trained_model, stage_data) -> None:
     assert 0 < torch_module_bytes(q) < torch_module_bytes(trained_model)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "auto", "int8-dynamic"])
-def test_choose_runnable(base_state, stage_data, precision) -> None:
-    c = _clustered(base_state)
-    settings = ExportSettings(precision=precision, calibration_rows=256)
-    model, info = choose_runnable(
-        c, settings, stage_data.X_train, stage_data.X_valid[:512], ap_of=lambda m: 1.0, ap_floor=0.0
-    )
-    assert info["chosen"] in info["candidates"]
-    assert len(model) == info["candidates"][info["chosen"]]["bytes"]
-    if precision != "auto":
-        assert info["chosen"] == precision
-    if info["chosen"] == "fp32":
-        assert info["max_abs_score_diff"] < SCORE_TOL
-    for cand in info["candidates"].values():
-        assert cand["rows_per_s_b1"] > 0 and cand["rows_per_s_b256"] > 0
+def test_the_served_form_is_the_one_measured_fastest(make_state, stage_data) -> None:
+    """A real choice: every form of a pruned + clustered model timed side by side on real rows."""
+    import math
+
+    from fraudlite.compression.served import FORMS, choose_runtime
+    from fraudlite.runtime.choice import machine_fingerprint
+
+    c = _clustered(make_state(hidden=(16, 8), sparsity=0.5))
+    name, record = choose_runtime(c, stage_data.X_valid[:512])
+    speed = record["rows_per_s"]
+    assert set(speed) == {"ort-dense", "numpy-dense", "numpy-sparse"} and record["form"] == name
+    geo = {f: math.sqrt(r["1"] * r["256"]) for f, r in speed.items()}
+    assert geo[name] >= max(geo.values()) * 0.999  # rounding of the recorded rates
+    assert record["machine"] == machine_fingerprint() and name in record["why"]
+    served = FORMS[name](c.layers, c.mean, c.std, c.masks).score(stage_data.X_valid)
+    assert np.max(np.abs(served - c.predict_proba(stage_data.X_valid))) <= 1e-6
+
+
+def test_retired_int8_export_settings_are_refused_with_the_reason() -> None:
+    from fraudlite.compression.recipe import parse_recipe
+
+    with pytest.raises(ConfigError, match="retired"):
+        parse_recipe('[[stage]]\nname = "cluster"\n[export]\nprecision = "int8-dynamic"\n')
+    assert parse_recipe('[[stage]]\nname = "cluster"\n[export]\nprecision = "fp32"\n').export.form == "auto"
+    with pytest.raises(ConfigError, match="export.form"):
+        ExportSettings(form="int8")
 
 
 def test_runnable_scores_without_torch(make_state, tmp_path) -> None:

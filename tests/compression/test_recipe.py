@@ -68,7 +68,7 @@ def test_candidates_joint_and_grid() -> None:
         ('[[stage]]\nname = "prune"\n[search]\n"prune.sparsity" = []\n', "non-empty list"),
         ('[[stage]]\nname = "prune"\n[search]\n"prune.sparsity" = [0.5, 7]\n', "sparsity"),
         ('[[stage]]\nname = "prune"\n[search]\n"prune.sparsty" = [0.5]\n', "sparsty"),
-        ('[export]\nprecision = "int4"\n', "export.precision"),
+        ('[export]\nform = "int4"\n', "export.form"),
         ("[export]\nthreads = 4\n", "unknown setting(s) 'threads'"),
         ("[data]\nmax_train_rows = -1\n", "max_train_rows"),
         ("[[stage]\nname = 'prune'\n", "not valid TOML"),

@@ -12,6 +12,7 @@ import pytest
 from retrain_support import CONFIG, DAYS, DRIFT_DAY, NOW_V1, NOW_V2, day
 
 from fraudlite.cli import main
+from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import format_day, load_transactions
 from fraudlite.errors import ConfigError, DataError, FraudliteError
 from fraudlite.modeldir import ModelDir, write_model_dir
@@ -57,7 +58,7 @@ def test_first_model_promoted_then_scheduled_run_recovers_from_drift(lifecycle, 
     df = load_transactions(drift_data, require_label=True)
     v1 = reg.load(first.challenger)
     ap_v1_before = first.metrics["challenger"]["average_precision"]
-    drift_share = evaluate_window(v1, df, day(DAYS - 7), day(DAYS - 1))["n_fraud"]
+    drift_share = evaluate_window(open_model(v1), df, day(DAYS - 7), day(DAYS - 1))["n_fraud"]
     with capsys.disabled():
         print(
             f"\n[retrain drift] v1 AP pre-drift window {first.windows['eval_start']}..{first.windows['eval_end']}: "

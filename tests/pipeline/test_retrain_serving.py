@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from retrain_support import CONFIG, DAYS, day
 
+from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import format_day, load_transactions, parse_day
 from fraudlite.pipeline.registry import Registry
 from fraudlite.pipeline.retrain import (
@@ -184,8 +185,8 @@ def test_end_to_end_running_scorer_switches_to_the_scheduled_retrain(
     assert all(by_tx[t][1] == v2_id for t in df["tx_id"][window])
     mask = window & ~known_fraud_mask(df, CONFIG.delay_days)
     ap_served_v2 = evaluate_scores(df, served, mask)["average_precision"]
-    ap_v1 = evaluate_scores(df, score_frame(reg.load(v1_id), df), mask)["average_precision"]
-    ap_v2_offline = evaluate_scores(df, score_frame(reg.load(v2_id), df), mask)["average_precision"]
+    ap_v1 = evaluate_scores(df, score_frame(open_model(reg.load(v1_id)), df), mask)["average_precision"]
+    ap_v2_offline = evaluate_scores(df, score_frame(open_model(reg.load(v2_id)), df), mask)["average_precision"]
     during_swap = [
         by_tx[t][1] for t in df["tx_id"][(df["ts"] // 86_400).between(day(RETRAIN_DAY), day(RETRAIN_DAY + 6))]
     ]

@@ -48,7 +48,9 @@ def test_batch_histogram_labels():
 def test_names_follow_conventions():
     reg = CollectorRegistry()
     m = ScorerMetrics(reg)
-    m.set_model("v1", "mlp", ["prune", "quantize"], {"onnx": 1234, "spec": 56}, 1.0)
+    m.set_model(
+        "v1", "mlp", ["prune", "quantize"], {"manifest": 700, "compact": 1234, "spec": 56}, 1.0, "ort-dense"
+    )
     m.set_lag("transactions", {0: 5, 1: -3})
     m.latency.observe_many(np.array([0.0002, 0.004]))
     m.scores.observe_many(np.array([0.1, 0.95]))
@@ -88,7 +90,14 @@ def test_names_follow_conventions():
     les = {s.labels["le"] for s in fams["fraudlite_stage_seconds"].samples if "le" in s.labels}
     assert "1e-05" in les
     info = [s for s in fams["fraudlite_model_info"].samples]
-    assert info[0].labels == {"version": "v1", "model_type": "mlp", "stages": "prune,quantize"}
+    assert info[0].labels == {
+        "version": "v1",
+        "model_type": "mlp",
+        "stages": "prune,quantize",
+        "form": "ort-dense",
+    }
+    loaded = {s.labels["role"]: s.value for s in fams["fraudlite_model_bytes"].samples}
+    assert loaded == {"manifest": 700.0, "compact": 1234.0, "spec": 56.0}
     lag = {s.labels["partition"]: s.value for s in fams["fraudlite_consumer_lag_messages"].samples}
     assert lag == {"0": 5.0, "1": 0.0}
     dlq = {

@@ -1,0 +1,217 @@
+"""Opening a model directory to score: the one way ``serve``, ``score``, ``evaluate``, ``retrain`` and the
+registry turn a model directory into scores.
+
+A compressed model ships as its compact artifact (role ``compact``); :func:`open_model` decodes it in
+memory (bit-exact: the weights compression measured) and builds the runnable form the manifest's
+``runtime`` names, the one :func:`choose_runtime` measured fastest at compression time. When the
+recorded machine differs from this one (or the form is not available here) the forms are timed again at
+load and the fastest serves; ``ServedModel.runtime`` says which and why. A trained (fp32) model, and a
+compressed directory of format 1 (which still ships ``model.onnx``), run their ONNX file in ONNX Runtime.
+
+numpy only at import (plus onnxruntime when an ONNX form is built): no torch, no pandas, no onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fraudlite.compression.compact import decode_compact
+from fraudlite.compression.state import CompressedMLP
+from fraudlite.errors import FraudliteError, ModelDirError
+from fraudlite.features.spec import FeatureSpec
+from fraudlite.modeldir import SPEC_FILE, ModelDir, write_model_dir
+from fraudlite.runtime.choice import choose_form, machine_fingerprint, measure_forms
+from fraudlite.runtime.forms import Form, NumpyDense, NumpySparse, OrtDense, build_forms
+
+__all__ = [
+    "ServedModel",
+    "open_model",
+    "choose_runtime",
+    "write_compressed_dir",
+    "rss_after_open",
+    "COMPACT_FILE",
+    "ONNX_FILE_FORM",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPACT_FILE = "model.flc"
+ONNX_FILE_FORM = "ort-onnx-file"
+"""The form of a model directory that ships an ONNX file (trained models, format-1 compressed ones)."""
+_PROBE_ROWS = 1024
+FORMS = {form.name: form for form in (OrtDense, NumpyDense, NumpySparse)}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A verified model directory and the runnable form that scores it.
+
+    Attributes:
+        model_dir: the directory (manifest and serve files verified).
+        spec: its feature spec.
+        form: the runnable (``score(features) -> probabilities``).
+        runtime: ``{"form", "why", ...}``: the form and how it was chosen (recorded, or measured at load).
+        state: the decoded compressed weights (None for an ONNX-file model).
+    """
+
+    model_dir: ModelDir
+    spec: FeatureSpec
+    form: Form
+    runtime: dict = field(default_factory=dict)
+    state: CompressedMLP | None = field(default=None, repr=False)
+
+    @property
+    def version(self) -> str:
+        return self.model_dir.version
+
+    @property
+    def path(self) -> Path:
+        return self.model_dir.path
+
+    @property
+    def manifest(self) -> dict:
+        return self.model_dir.manifest
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Fraud probabilities float32 [N] of raw features float32 [N, F]."""
+        return self.form.score(np.ascontiguousarray(features, dtype=np.float32))
+
+
+def _probe_rows(state: CompressedMLP, rows: int = _PROBE_ROWS, seed: int = 0) -> np.ndarray:
+    """Synthetic rows for timing: the model's own feature means and spreads (timing needs no real data)."""
+    rng = np.random.default_rng(seed)
+    return (state.mean + state.safe_std() * rng.standard_normal((rows, state.n_features))).astype(np.float32)
+
+
+def choose_runtime(state: CompressedMLP, X: np.ndarray | None = None) -> tuple[str, dict]:
+    """Time every runnable form of ``state`` side by side and pick the fastest.
+
+    Returns:
+        ``(form name, record)``; the record (JSON-ready, for the manifest) holds ``form``, ``why``,
+        ``machine`` and ``rows_per_s: {form: {batch: rows/s}}``.
+    """
+    forms = build_forms(state.layers, state.mean, state.std, state.masks)
+    rows = _probe_rows(state) if X is None else np.ascontiguousarray(X, dtype=np.float32)
+    speed = measure_forms(forms, rows)
+    name, why = choose_form(speed)
+    record = {
+        "form": name,
+        "why": why,
+        "machine": machine_fingerprint(),
+        "rows_per_s": {f: {str(b): round(v) for b, v in by_batch.items()} for f, by_batch in speed.items()},
+    }
+    return name, record
+
+
+def write_compressed_dir(
+    out: str | os.PathLike,
+    compact: bytes,
+    spec: FeatureSpec,
+    manifest: dict,
+    extra_files: Callable[[Path], dict[str, str]] | None = None,
+) -> ModelDir:
+    """Write a compressed model directory atomically: the serve files (the compact artifact, the spec as
+    compact JSON) plus whatever ``extra_files(tmp) -> {name: role}`` writes (reports, training files).
+
+    ``manifest`` must hold ``runtime`` (:func:`choose_runtime`'s record) and the thresholds.
+    """
+    if not isinstance(manifest.get("runtime"), dict) or "form" not in manifest["runtime"]:
+        raise ModelDirError("a compressed model's manifest needs its runtime choice (choose_runtime)")
+    spec_json = json.dumps({"spec": spec.to_dict()}, separators=(",", ":")) + "\n"
+
+    def write(tmp: Path) -> dict[str, str]:
+        (tmp / COMPACT_FILE).write_bytes(compact)
+        (tmp / SPEC_FILE).write_text(spec_json)
+        return {COMPACT_FILE: "compact", SPEC_FILE: "spec", **(extra_files(tmp) if extra_files else {})}
+
+    return write_model_dir(out, write, manifest)
+
+
+def open_model(model: ModelDir | str | os.PathLike, *, verify: bool = True) -> ServedModel:
+    """Load, verify and build the runnable of a model directory (see the module docstring).
+
+    Raises:
+        ModelDirError: not a model directory, a serve file fails verification (IntegrityError), the
+            compact artifact does not decode, the spec is unreadable, or ONNX Runtime cannot run the file.
+    """
+    md = model if isinstance(model, ModelDir) else ModelDir.load(model, verify=verify)
+    try:
+        spec = md.spec
+    except (OSError, ValueError, KeyError, FraudliteError) as e:
+        raise ModelDirError(f"{md.path}: unreadable feature spec ({e})") from None
+    recorded = md.manifest.get("runtime")
+    serve_roles = md.bytes_by_role(("serve",))  # the manifest only: serving never reads contents.json
+    if "onnx" in serve_roles or "compact" not in serve_roles or not isinstance(recorded, dict):
+        return ServedModel(md, spec, _onnx_file_form(md), {"form": ONNX_FILE_FORM, "why": "ships model.onnx"})
+    compact = md.file("compact")
+    try:
+        state = decode_compact(compact.read_bytes())
+    except ModelDirError as e:
+        raise ModelDirError(f"{compact}: {e}") from None
+    if state.n_features != spec.n_features:
+        raise ModelDirError(f"{compact}: {state.n_features} inputs, its feature spec has {spec.n_features}")
+    name = str(recorded.get("form"))
+    if recorded.get("machine") == machine_fingerprint() and name in FORMS:  # build only the one that serves
+        form = FORMS[name](state.layers, state.mean, state.std, state.masks)
+        return ServedModel(
+            md, spec, form, {"form": name, "why": f"measured at compression: {recorded.get('why')}"}, state
+        )
+    t0 = time.perf_counter()
+    name, rerun = choose_runtime(state)
+    logger.info(
+        "model %s: another machine than at compression: runnable forms re-measured in %.2fs: %s (recorded %s)",
+        md.version, time.perf_counter() - t0, name, recorded.get("form"),
+    )  # fmt: skip
+    form = FORMS[name](state.layers, state.mean, state.std, state.masks)
+    return ServedModel(
+        md, spec, form, {**rerun, "rechecked": True, "recorded_form": recorded.get("form")}, state
+    )
+
+
+def _onnx_file_form(md: ModelDir) -> Form:
+    from fraudlite.runtime.session import OnnxScorer
+
+    path = md.onnx_path
+    try:
+        scorer = OnnxScorer(path)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelDirError(f"{path}: ONNX Runtime cannot run it ({e.__class__.__name__}: {e})") from None
+    scorer.name = ONNX_FILE_FORM
+    return scorer
+
+
+_RSS_CODE = """
+import sys
+import numpy as np
+import psutil
+from fraudlite.compression.served import open_model
+before = psutil.Process().memory_info().rss
+model = open_model(sys.argv[1])
+model.score(np.zeros((int(sys.argv[2]), model.spec.n_features), dtype=np.float32))
+print(psutil.Process().memory_info().rss - before)
+"""
+
+
+def rss_after_open(path: str | os.PathLike, repeats: int = 3, batch: int = 256) -> int:
+    """Resident bytes that :func:`open_model` plus one scored batch add to a fresh Python process that
+    has imported this module (median of ``repeats`` child processes); what serving a directory costs."""
+    values = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_CODE, os.fspath(path), str(batch)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        values.append(int(out.stdout.strip().splitlines()[-1]))
+    return int(np.median(values))
