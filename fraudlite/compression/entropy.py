@@ -133,8 +133,8 @@ class BitReader:
 
 
 def _to_bits(data: bytes) -> str:
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    return (bits + ord("0")).astype(np.uint8).tobytes().decode("ascii")
+    """``data`` as a string of '0'/'1' (plain Python: decoding at model load touches no more numpy)."""
+    return format(int.from_bytes(data, "big"), "b").zfill(8 * len(data)) if data else ""
 
 
 # --------------------------------------------------------------------------- integer streams

@@ -103,7 +103,7 @@ def choose_runtime(state: CompressedMLP, X: np.ndarray | None = None) -> tuple[s
     forms = build_forms(state.layers, state.mean, state.std, state.masks)
     rows = _probe_rows(state) if X is None else np.ascontiguousarray(X, dtype=np.float32)
     speed = measure_forms(forms, rows)
-    name, why = choose_form(speed)
+    name, why = choose_form(speed, {n: f.needs_onnxruntime for n, f in forms.items()})
     record = {
         "form": name,
         "why": why,

@@ -40,6 +40,7 @@ class Form(Protocol):
     """A runnable scorer: RAW float32 features [N, F] -> float32 fraud probabilities [N]."""
 
     name: str
+    needs_onnxruntime: bool  # a serving process that loads only numpy forms never imports it
 
     def score(self, features: np.ndarray) -> np.ndarray: ...
 
@@ -65,12 +66,14 @@ def _chunked(run: Kernel, features: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """float32 sigmoid without overflow: exp(-|z|) is in (0, 1] for every z."""
-    e = np.abs(z)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    d = e + 1
-    return np.where(z >= 0, 1 / d, e / d).astype(np.float32, copy=False)
+    """float32 ``1 / (1 + exp(-z))`` in place, five ufunc calls (per-call overhead is what a tiny model's
+    batch of one costs). z is clipped to +-88 first, where exp stays finite in float32 and the sigmoid
+    is already 1 or below 1e-38: no overflow, and the error stays within float32 rounding."""
+    np.clip(z, -88.0, 88.0, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    z += 1
+    return np.reciprocal(z, out=z)
 
 
 def _dense(wt: np.ndarray, b: np.ndarray) -> Kernel:
@@ -131,6 +134,7 @@ class _NumpyMLP:
     """Shared numpy scoring loop over per-layer kernels: ReLU in place between layers, sigmoid last."""
 
     name = ""
+    needs_onnxruntime = False
 
     def __init__(self, kernels: list[Kernel], transposed: bool = False) -> None:
         self._kernels = kernels
@@ -147,16 +151,51 @@ class _NumpyMLP:
         return _sigmoid(self._kernels[-1](h).reshape(-1))
 
 
-class NumpyDense(_NumpyMLP):
-    """numpy matmuls on pre-transposed contiguous float32 W^T, standardization folded into layer 0."""
+class NumpyDense:
+    """numpy matmuls on pre-transposed contiguous float32 W^T, standardization folded into layer 0, and
+    as few ufunc calls per batch as the arithmetic allows (a tiny model's batch of one is call overhead:
+    ~1 us per call). Every hidden layer carries one extra unit that is constantly 1 after its ReLU, so
+    the next layer's bias is a row of its weight matrix (one add fewer per layer), and the output layer
+    is negated so that the sigmoid is ``1 / (1 + exp(-z))`` without a negation: 11 calls for two hidden
+    layers instead of 16. Same probabilities as the other forms within float32 rounding."""
 
     name = "numpy-dense"
+    needs_onnxruntime = False
 
     def __init__(
         self, layers: Layers, mean: np.ndarray | None, std: np.ndarray | None, masks: Masks = None
     ) -> None:
         folded = fold_standardization(_masked(layers, masks), mean, std)
-        super().__init__([_dense(np.ascontiguousarray(w.T), b) for w, b in folded])
+        last = len(folded) - 1
+        self._b0 = np.append(folded[0][1], np.float32(1)).astype(np.float32) if last else -folded[0][1]
+        mats = []
+        for i, (w, b) in enumerate(folded):
+            wt = w.T.astype(np.float32)  # [in, out]
+            if i > 0:  # the previous layer's constant unit carries this layer's bias
+                wt = np.vstack([wt, b[None, :]])
+            if i < last:  # this layer's constant unit: weight 0 from every input, 1 from the constant
+                extra = np.zeros((wt.shape[0], 1), np.float32)
+                if i > 0:
+                    extra[-1, 0] = 1
+                wt = np.hstack([wt, extra])
+            mats.append(np.ascontiguousarray(-wt if i == last else wt))
+        self._mats = mats
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return _chunked(self._run, features)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        mats = self._mats
+        h = x @ mats[0]
+        h += self._b0
+        for m in mats[1:]:
+            np.maximum(h, 0, out=h)
+            h = h @ m
+        z = h.reshape(-1)  # -logit
+        np.minimum(z, 88.0, out=z)  # exp stays finite in float32; the sigmoid is below 1e-38 there
+        np.exp(z, out=z)
+        z += 1
+        return np.reciprocal(z, out=z)
 
 
 class NumpySparse(_NumpyMLP):
@@ -181,6 +220,7 @@ class OrtDense:
     """The :func:`mlp_graph` bytes in an ONNX Runtime session (imported here, not with this module)."""
 
     name = "ort-dense"
+    needs_onnxruntime = True
 
     def __init__(
         self,

@@ -111,7 +111,9 @@ def fold_standardization(
         raise ConfigError(f"mean and std need {n_features} entries, got {mu.size} and {sd.size}")
     sd[~np.isfinite(sd) | (sd <= 0)] = 1.0
     w0 = w0 / sd
-    out[0] = (w0.astype(np.float32), (b0 - w0 @ mu).astype(np.float32))
+    # a row sum, not ``w0 @ mu``: a BLAS call here would start OpenBLAS (its buffers: ~0.4 MB of RSS) in a
+    # serving process that never needs it
+    out[0] = (w0.astype(np.float32), (b0 - (w0 * mu).sum(axis=1)).astype(np.float32))
     return out
 
 

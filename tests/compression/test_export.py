@@ -125,14 +125,18 @@ def test_the_served_form_is_the_one_measured_fastest(make_state, stage_data) -> 
     import math
 
     from fraudlite.compression.served import FORMS, choose_runtime
-    from fraudlite.runtime.choice import machine_fingerprint
+    from fraudlite.runtime.choice import SLACK_SECONDS, machine_fingerprint
 
     c = _clustered(make_state(hidden=(16, 8), sparsity=0.5))
     name, record = choose_runtime(c, stage_data.X_valid[:512])
     speed = record["rows_per_s"]
     assert set(speed) == {"ort-dense", "numpy-dense", "numpy-sparse"} and record["form"] == name
     geo = {f: math.sqrt(r["1"] * r["256"]) for f, r in speed.items()}
-    assert geo[name] >= max(geo.values()) * 0.999  # rounding of the recorded rates
+    fastest = max(geo, key=geo.get)
+    if name != fastest:  # only a numpy form within the slack of an ORT one, for the memory it saves
+        assert fastest == "ort-dense" and name.startswith("numpy") and "needs no onnxruntime" in record["why"]
+        extra = max(b / speed[name][str(b)] - b / speed[fastest][str(b)] for b in (1, 256))
+        assert extra <= SLACK_SECONDS * 1.01
     assert record["machine"] == machine_fingerprint() and name in record["why"]
     served = FORMS[name](c.layers, c.mean, c.std, c.masks).score(stage_data.X_valid)
     assert np.max(np.abs(served - c.predict_proba(stage_data.X_valid))) <= 1e-6

@@ -122,3 +122,14 @@ def test_machine_fingerprint_is_stable_and_names_the_versions():
     assert f"numpy={np.__version__}" in fingerprint
     assert f"onnxruntime={metadata.version('onnxruntime')}" in fingerprint
     assert "\n" not in fingerprint
+
+
+def test_a_numpy_form_wins_when_serving_cannot_tell_the_time_apart() -> None:
+    """ORT 2x faster but only microseconds per call: memory decides; a real gap keeps ORT."""
+    heavy = {"ort-dense": True, "numpy-dense": False}
+    close = {"ort-dense": {1: 80_000, 256: 10_000_000}, "numpy-dense": {1: 40_000, 256: 6_000_000}}
+    name, why = choose_form(close, heavy)
+    assert name == "numpy-dense" and "needs no onnxruntime" in why and "ort-dense: 1." in why
+    wide = {"ort-dense": {1: 5_000, 256: 400_000}, "numpy-dense": {1: 4_000, 256: 100_000}}  # +1.9 ms/call
+    assert choose_form(wide, heavy)[0] == "ort-dense"
+    assert choose_form(close)[0] == "ort-dense"  # without the runtime facts: speed alone
