@@ -199,7 +199,7 @@ def _session_options(workdir: Path, model: bytes, X: np.ndarray) -> list[str]:
         rounds=11, threads={"1 thread": 1, "2 threads": 2},
     )  # fmt: skip
     return [
-        "Session options of the runnable model (`fraudlite.runtime.session_options`), measured here:",
+        "ONNX Runtime session options (`fraudlite.runtime.session_options`) on the fp32 model, measured here:",
         "",
         "| CPU memory arena | RSS after load + batch 256 | RSS after load + batch 65,536 |",
         "|---|---|---|",

@@ -331,7 +331,7 @@ def write_model_dir(
         key = _signing_key()
         if key is not None:
             full["signature"] = _signature(full, key)
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=1) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(full, separators=(",", ":")) + "\n")  # small: serving reads it
         for p in tmp.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())

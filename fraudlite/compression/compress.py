@@ -30,7 +30,13 @@ from fraudlite.compression.ensemble import train_teacher_ensemble
 from fraudlite.compression.export import fp32_runnable
 from fraudlite.compression.recipe import Recipe, default_recipe, load_recipe
 from fraudlite.compression.search import run_search
-from fraudlite.compression.served import COMPACT_FILE, choose_runtime, rss_after_open, write_compressed_dir
+from fraudlite.compression.served import (
+    COMPACT_FILE,
+    choose_runtime,
+    manifest_runtime,
+    rss_after_open,
+    write_compressed_dir,
+)
 from fraudlite.compression.state import CompressedMLP, StageData
 from fraudlite.errors import ConfigError, ModelDirError
 from fraudlite.modeldir import ModelDir
@@ -313,14 +319,12 @@ def compress_model_dir(
         "compression": {
             "stages": [rec.get("name") for rec in final.stages],
             "skipped_stages": [skip["stage"] for skip in result.skipped],
-            "source_version": md.version,
             "ap_drop": ap_drop,
             "max_ap_drop": max_ap_drop,
-            "compact_bytes": len(compact),
             "source_onnx_bytes": source_bytes,
             "compact_ratio": round(summary["compact_ratio"], 2),
         },
-        "runtime": {k: runtime[k] for k in ("form", "why", "machine")},
+        "runtime": manifest_runtime(runtime),
         "parent_version": md.version,
     }
 

@@ -3,9 +3,10 @@ registry turn a model directory into scores.
 
 A compressed model ships as its compact artifact (role ``compact``); :func:`open_model` decodes it in
 memory (bit-exact: the weights compression measured) and builds the runnable form the manifest's
-``runtime`` names, the one :func:`choose_runtime` measured fastest at compression time. When the
+``runtime`` names, the one :func:`choose_runtime` chose by measurement at compression time. When the
 recorded machine differs from this one (or the form is not available here) the forms are timed again at
-load and the fastest serves; ``ServedModel.runtime`` says which and why. A trained (fp32) model, and a
+load (which loads onnxruntime, ~0.1 s) and the chosen one serves; ``ServedModel.runtime`` says which and
+why. A trained (fp32) model, and a
 compressed directory of format 1 (which still ships ``model.onnx``), run their ONNX file in ONNX Runtime.
 
 numpy only at import (plus onnxruntime when an ONNX form is built): no torch, no pandas, no onnx.
@@ -37,6 +38,7 @@ __all__ = [
     "ServedModel",
     "open_model",
     "choose_runtime",
+    "manifest_runtime",
     "write_compressed_dir",
     "rss_after_open",
     "COMPACT_FILE",
@@ -94,7 +96,9 @@ def _probe_rows(state: CompressedMLP, rows: int = _PROBE_ROWS, seed: int = 0) ->
 
 
 def choose_runtime(state: CompressedMLP, X: np.ndarray | None = None) -> tuple[str, dict]:
-    """Time every runnable form of ``state`` side by side and pick the fastest.
+    """Time every runnable form of ``state`` side by side and pick one
+    (:func:`fraudlite.runtime.choice.choose_form`: the fastest, or a numpy form that serving cannot tell
+    apart from it in time and that spares the process onnxruntime).
 
     Returns:
         ``(form name, record)``; the record (JSON-ready, for the manifest) holds ``form``, ``why``,
@@ -111,6 +115,17 @@ def choose_runtime(state: CompressedMLP, X: np.ndarray | None = None) -> tuple[s
         "rows_per_s": {f: {str(b): round(v) for b, v in by_batch.items()} for f, by_batch in speed.items()},
     }
     return name, record
+
+
+def manifest_runtime(record: dict) -> dict:
+    """What the manifest keeps of a :func:`choose_runtime` record: the form, the machine it was measured
+    on and every form's rows/s as ``[batch 1, batch 256]`` (the report keeps the reasoning)."""
+    return {
+        "form": record["form"],
+        "machine": record["machine"],
+        "rows_per_s": {f: [int(r) for _, r in sorted(rates.items(), key=lambda kv: int(kv[0]))]
+                       for f, rates in record.get("rows_per_s", {}).items()},
+    }  # fmt: skip
 
 
 def write_compressed_dir(
@@ -163,9 +178,10 @@ def open_model(model: ModelDir | str | os.PathLike, *, verify: bool = True) -> S
     name = str(recorded.get("form"))
     if recorded.get("machine") == machine_fingerprint() and name in FORMS:  # build only the one that serves
         form = FORMS[name](state.layers, state.mean, state.std, state.masks)
-        return ServedModel(
-            md, spec, form, {"form": name, "why": f"measured at compression: {recorded.get('why')}"}, state
+        why = (
+            f"recorded at compression on this machine (rows/s at batch 1, 256: {recorded.get('rows_per_s')})"
         )
+        return ServedModel(md, spec, form, {"form": name, "why": why}, state)
     t0 = time.perf_counter()
     name, rerun = choose_runtime(state)
     logger.info(

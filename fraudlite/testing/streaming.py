@@ -77,7 +77,7 @@ def write_model(
 
 def _write_compressed(out, spec: FeatureSpec, layers, mean, std, manifest: dict) -> ModelDir:
     from fraudlite.compression.compact import encode_compact
-    from fraudlite.compression.served import choose_runtime, write_compressed_dir
+    from fraudlite.compression.served import choose_runtime, manifest_runtime, write_compressed_dir
     from fraudlite.compression.state import CompressedMLP
 
     w0 = layers[0][0]
@@ -85,7 +85,9 @@ def _write_compressed(out, spec: FeatureSpec, layers, mean, std, manifest: dict)
     layers = [(np.where(mask, w0, np.float32(0)), layers[0][1]), *layers[1:]]
     state = CompressedMLP(layers, mean, std, masks=[mask, None])
     _, runtime = choose_runtime(state)
-    return write_compressed_dir(out, encode_compact(state), spec, {**manifest, "runtime": runtime})
+    return write_compressed_dir(
+        out, encode_compact(state), spec, {**manifest, "runtime": manifest_runtime(runtime)}
+    )
 
 
 def feature_stats(tx: Transactions, spec: FeatureSpec | None = None) -> tuple[np.ndarray, np.ndarray]:

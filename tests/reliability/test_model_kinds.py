@@ -139,3 +139,18 @@ def test_an_unknown_format_is_refused_in_one_line(tmp_path):
     (md.path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelDirError, match="fraudlite-model/9"):
         ModelDir.load(md.path)
+
+
+def test_on_another_machine_the_forms_are_timed_again_at_load(compressed, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(compressed.path, moved)
+    manifest = json.loads((moved / MANIFEST).read_text())
+    manifest["runtime"]["machine"] = "another machine"
+    (moved / MANIFEST).chmod(0o644)
+    (moved / MANIFEST).write_text(json.dumps(manifest))
+    here, there = open_model(compressed.path), open_model(moved)
+    assert "rechecked" not in here.runtime and there.runtime["rechecked"] is True
+    assert there.runtime["recorded_form"] == manifest["runtime"]["form"]
+    assert set(there.runtime["rows_per_s"]) >= {"ort-dense", "numpy-dense", "numpy-sparse"}
+    X = np.random.default_rng(2).normal(size=(32, here.spec.n_features)).astype(np.float32) * 50
+    assert np.max(np.abs(here.score(X) - there.score(X))) <= 1e-6
