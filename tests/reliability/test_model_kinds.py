@@ -154,3 +154,23 @@ def test_on_another_machine_the_forms_are_timed_again_at_load(compressed, tmp_pa
     assert set(there.runtime["rows_per_s"]) >= {"ort-dense", "numpy-dense", "numpy-sparse"}
     X = np.random.default_rng(2).normal(size=(32, here.spec.n_features)).astype(np.float32) * 50
     assert np.max(np.abs(here.score(X) - there.score(X))) <= 1e-6
+
+
+def test_a_numpy_form_serves_without_onnxruntime_in_the_process(compressed, tmp_path):
+    import subprocess
+    import sys
+
+    numpy_form = tmp_path / "numpy-form"
+    shutil.copytree(compressed.path, numpy_form)
+    manifest = json.loads((numpy_form / MANIFEST).read_text())
+    manifest["runtime"]["form"] = "numpy-dense"
+    (numpy_form / MANIFEST).chmod(0o644)
+    (numpy_form / MANIFEST).write_text(json.dumps(manifest))
+    code = (
+        "import sys\n"
+        "from fraudlite.streaming.reload import load_model\n"
+        f"model = load_model({str(numpy_form)!r})\n"
+        "assert model.form == 'numpy-dense', model.form\n"
+        "assert 'onnxruntime' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
