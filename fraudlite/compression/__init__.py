@@ -1,5 +1,6 @@
 """fraudlite.compression: distillation, pruning, weight sharing, quantization, the entropy-coded compact
-artifact, the runnable ONNX export, recipes, the accuracy-bounded search and the report.
+artifact (what ships) and its serving (``served.open_model``), ONNX export of stages, recipes, the
+accuracy-bounded search and the report.
 
 Entry point: :func:`compress_model_dir` (``fraudlite compress``). Names are imported lazily (PEP 562)
 so that ``fraudlite.compression.compact`` — numpy only — can decode an artifact in a process without

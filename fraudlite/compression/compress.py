@@ -3,10 +3,12 @@
 Steps: validate everything the user gave (recipe, model directory, ``--max-ap-drop``) before any work;
 features of the whole file (the model's FeatureSpec); the training and validation windows from the
 source manifest's ``data_window``; the accuracy-bounded search over the recipe's stages
-(:mod:`fraudlite.compression.search`); the runnable ONNX (:func:`export.choose_runnable`) and the
-entropy-coded compact artifact (:mod:`compact`); per-stage measurements; one atomic model directory
-(servable by the scorer, same contract as a trained one) with the extra roles ``compact``, ``state``,
-``compression_report`` (report.json), ``compression_report_md`` and ``pareto``.
+(:mod:`fraudlite.compression.search`); the entropy-coded compact artifact (:mod:`compact`), which is
+what ships; its runnable forms timed side by side (:func:`served.choose_runtime`) and the served form's
+scores and AP checked against the compressed weights; per-stage measurements; one atomic model directory
+(:func:`served.write_compressed_dir`): serve files ``compact`` and ``spec``, doc files ``report``,
+``compression_report`` (report.json), ``compression_report_md`` and ``pareto``, and with
+``keep_training_files`` the train files ``state`` and ``weights``.
 """
 
 from __future__ import annotations
