@@ -221,8 +221,8 @@ def compress_model_dir(
     compact = encode_compact(final)
     shipped = decode_compact(compact)  # encode_compact verified the round trip; serve scores these bytes
     say("compress: runtime: timing the runnable forms of the decoded artifact side by side")
-    form_name, runtime = choose_runtime(shipped, data.X_valid[:_PROBE_ROWS])
     forms = build_forms(shipped.layers, shipped.mean, shipped.std, shipped.masks)
+    form_name, runtime = choose_runtime(shipped, data.X_valid[:_PROBE_ROWS], forms)
     if recipe.export.form != "auto":
         if recipe.export.form not in forms:
             raise ConfigError(f"recipe [export] form = {recipe.export.form!r} does not apply to this model "

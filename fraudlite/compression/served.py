@@ -32,7 +32,7 @@ from fraudlite.errors import FraudliteError, ModelDirError
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import SPEC_FILE, ModelDir, write_model_dir
 from fraudlite.runtime.choice import choose_form, machine_fingerprint, measure_forms
-from fraudlite.runtime.forms import Form, NumpyDense, NumpySparse, OrtDense, build_forms
+from fraudlite.runtime.forms import FORMS, Form, build_forms
 
 __all__ = [
     "ServedModel",
@@ -51,7 +51,6 @@ COMPACT_FILE = "model.flc"
 ONNX_FILE_FORM = "ort-onnx-file"
 """The form of a model directory that ships an ONNX file (trained models, format-1 compressed ones)."""
 _PROBE_ROWS = 1024
-FORMS = {form.name: form for form in (OrtDense, NumpyDense, NumpySparse)}
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class ServedModel:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Fraud probabilities float32 [N] of raw features float32 [N, F]."""
-        return self.form.score(np.ascontiguousarray(features, dtype=np.float32))
+        return self.form.score(features)  # every form makes its input contiguous float32
 
 
 def _probe_rows(state: CompressedMLP, rows: int = _PROBE_ROWS, seed: int = 0) -> np.ndarray:
@@ -95,16 +94,19 @@ def _probe_rows(state: CompressedMLP, rows: int = _PROBE_ROWS, seed: int = 0) ->
     return (state.mean + state.safe_std() * rng.standard_normal((rows, state.n_features))).astype(np.float32)
 
 
-def choose_runtime(state: CompressedMLP, X: np.ndarray | None = None) -> tuple[str, dict]:
+def choose_runtime(
+    state: CompressedMLP, X: np.ndarray | None = None, forms: dict[str, Form] | None = None
+) -> tuple[str, dict]:
     """Time every runnable form of ``state`` side by side and pick one
     (:func:`fraudlite.runtime.choice.choose_form`: the fastest, or a numpy form that serving cannot tell
-    apart from it in time and that spares the process onnxruntime).
+    apart from it in time and that spares the process onnxruntime). ``forms``: already built ones (else
+    built here); ``X``: rows to time on (else synthetic ones from the model's stats).
 
     Returns:
         ``(form name, record)``; the record (JSON-ready, for the manifest) holds ``form``, ``why``,
         ``machine`` and ``rows_per_s: {form: {batch: rows/s}}``.
     """
-    forms = build_forms(state.layers, state.mean, state.std, state.masks)
+    forms = forms or build_forms(state.layers, state.mean, state.std, state.masks)
     rows = _probe_rows(state) if X is None else np.ascontiguousarray(X, dtype=np.float32)
     speed = measure_forms(forms, rows)
     name, why = choose_form(speed, {n: f.needs_onnxruntime for n, f in forms.items()})

@@ -27,7 +27,7 @@ import numpy as np
 from fraudlite.errors import ConfigError
 from fraudlite.runtime.onnx_graph import Layers, fold_standardization, mlp_graph
 
-__all__ = ["Form", "OrtDense", "NumpyDense", "NumpySparse", "build_forms", "CHUNK_ROWS"]
+__all__ = ["Form", "FORMS", "OrtDense", "NumpyDense", "NumpySparse", "build_forms", "CHUNK_ROWS"]
 
 CHUNK_ROWS = 65536  # as OnnxScorer.score: bounds the per-call temporaries
 _GATHER_ELEMENTS = 1 << 22  # float32 elements (16 MB) per gather of a pruned layer
@@ -74,15 +74,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z += 1
     return np.reciprocal(z, out=z)
-
-
-def _dense(wt: np.ndarray, b: np.ndarray) -> Kernel:
-    def layer(h: np.ndarray) -> np.ndarray:
-        z = h @ wt
-        z += b
-        return z
-
-    return layer
 
 
 def _dense_t(w: np.ndarray, b: np.ndarray) -> Kernel:
@@ -236,6 +227,10 @@ class OrtDense:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         return self.scorer.score(features, batch_size=CHUNK_ROWS)
+
+
+FORMS: dict[str, type] = {form.name: form for form in (OrtDense, NumpyDense, NumpySparse)}
+"""Every form class by name (the manifest's ``runtime.form``)."""
 
 
 def build_forms(

@@ -141,13 +141,18 @@ def test_an_unknown_format_is_refused_in_one_line(tmp_path):
         ModelDir.load(md.path)
 
 
+def _with_runtime(md: ModelDir, out, **changes):
+    """A copy of ``md`` whose manifest's runtime record has ``changes`` (the manifest is not hashed)."""
+    shutil.copytree(md.path, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["runtime"].update(changes)
+    (out / MANIFEST).chmod(0o644)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out, manifest
+
+
 def test_on_another_machine_the_forms_are_timed_again_at_load(compressed, tmp_path):
-    moved = tmp_path / "moved"
-    shutil.copytree(compressed.path, moved)
-    manifest = json.loads((moved / MANIFEST).read_text())
-    manifest["runtime"]["machine"] = "another machine"
-    (moved / MANIFEST).chmod(0o644)
-    (moved / MANIFEST).write_text(json.dumps(manifest))
+    moved, manifest = _with_runtime(compressed, tmp_path / "moved", machine="another machine")
     here, there = open_model(compressed.path), open_model(moved)
     assert "rechecked" not in here.runtime and there.runtime["rechecked"] is True
     assert there.runtime["recorded_form"] == manifest["runtime"]["form"]
@@ -160,12 +165,7 @@ def test_a_numpy_form_serves_without_onnxruntime_in_the_process(compressed, tmp_
     import subprocess
     import sys
 
-    numpy_form = tmp_path / "numpy-form"
-    shutil.copytree(compressed.path, numpy_form)
-    manifest = json.loads((numpy_form / MANIFEST).read_text())
-    manifest["runtime"]["form"] = "numpy-dense"
-    (numpy_form / MANIFEST).chmod(0o644)
-    (numpy_form / MANIFEST).write_text(json.dumps(manifest))
+    numpy_form, _ = _with_runtime(compressed, tmp_path / "numpy-form", form="numpy-dense")
     code = (
         "import sys\n"
         "from fraudlite.streaming.reload import load_model\n"
