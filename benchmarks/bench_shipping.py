@@ -116,7 +116,10 @@ def _measure(workdir: Path, name: str) -> tuple[list[str], list[tuple[str, bool]
     references = [served.state]  # the decoded artifact; and the state compress kept, an independent copy
     if compressed.has("state"):
         references.append(CompressedMLP.load(compressed.file("state")))
-    diff = max(float(np.max(np.abs(scores[valid] - ref.predict_proba(X[valid])))) for ref in references)
+    calibrate = served.calibration or (lambda p: p)  # what the weights compute, then the stored calibration
+    diff = max(
+        float(np.max(np.abs(scores[valid] - calibrate(ref.predict_proba(X[valid]))))) for ref in references
+    )
     served_ap = float(evaluate_scores(df, scores, valid)["average_precision"])
     reported_ap = float(compressed.manifest["metrics"]["validation"]["average_precision"])
     load = load_probe({"fp32": source.path, "compressed": compressed.path})

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "fraudlite"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"runtime"},
-    {"features"},
+    {"features", "monitoring"},
     {"modeldir"},
     {"data"},
     {"models"},

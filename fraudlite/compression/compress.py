@@ -235,6 +235,7 @@ def compress_model_dir(
         raise RuntimeError(f"served form {form_name} differs from the compressed weights by {score_diff:.2e}")
     runtime["max_abs_score_diff"] = score_diff
     say(f"compress: runtime: {form_name} ({runtime['why']})")
+    monitoring, served_scores, budget_alert = _monitoring(md, shipped, data, served_scores)
     final_metrics = metrics_of(served_scores)
     ap_drop = source_ap - float(final_metrics["average_precision"])
     if ap_drop > max_ap_drop + 1e-4:  # float rounding only: the search measured these weights
@@ -281,6 +282,8 @@ def compress_model_dir(
     rows[-1]["stage"] = f"served ({form_name})"
     source_bytes = len(source_onnx)
     threshold, alert_threshold = choose_thresholds(data.y_valid, served_scores)
+    if budget_alert is not None:
+        alert_threshold = budget_alert
     summary = {
         "source_onnx_bytes": source_bytes,
         "source_serve_bytes": md.serve_bytes(),
@@ -310,6 +313,7 @@ def compress_model_dir(
         "runtime": runtime,
         "memory": None,
         "teacher": teacher_report,
+        "calibration": monitoring.report,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     manifest = {
@@ -328,6 +332,7 @@ def compress_model_dir(
         },
         "runtime": manifest_runtime(runtime),
         "parent_version": md.version,
+        "monitoring": monitoring.record(),
     }
 
     def write(tmp: Path) -> dict[str, str]:
@@ -357,6 +362,25 @@ def compress_model_dir(
         f"(source {md.serve_bytes():,}) in {time.perf_counter() - t_start:.0f}s"
     )
     return written
+
+
+def _monitoring(md: ModelDir, shipped: CompressedMLP, data: StageData, raw_valid: np.ndarray):
+    """The compressed model's own calibration (fitted to its raw validation scores), the source's feature
+    reference with the new scores, and the source's alert budget applied to them
+    (``models.calibrate.monitoring_for``): (monitoring, calibrated validation scores, budget threshold)."""
+    from fraudlite.data.transactions import parse_day
+    from fraudlite.models.calibrate import REFERENCE_ROWS, monitoring_for
+    from fraudlite.monitoring.reference import Reference
+
+    source = md.manifest.get("monitoring") or {}
+    reference = Reference.decode(source["reference"]) if source.get("reference") else None
+    budget = source.get("alert_budget_per_1k")
+    window = md.manifest["data_window"]
+    days = (parse_day(window["valid_end"], "valid_end") - parse_day(window["valid_start"], "valid_start")) + 1
+    return monitoring_for(
+        raw_valid, data.y_valid, data.X_train[:REFERENCE_ROWS], shipped.mean, shipped.safe_std(), days,
+        None if budget is None else f"{budget}/1k", reference_features=reference,
+    )  # fmt: skip
 
 
 def headline_metrics(metrics: dict) -> dict:

@@ -31,6 +31,8 @@ from fraudlite.compression.state import CompressedMLP
 from fraudlite.errors import FraudliteError, ModelDirError
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import SPEC_FILE, ModelDir, write_model_dir
+from fraudlite.monitoring.calibration import Platt
+from fraudlite.monitoring.reference import Reference
 from fraudlite.runtime.choice import choose_form, machine_fingerprint, measure_forms
 from fraudlite.runtime.forms import FORMS, Form, build_forms
 
@@ -63,6 +65,10 @@ class ServedModel:
         form: the runnable (``score(features) -> probabilities``).
         runtime: ``{"form", "why", ...}``: the form and how it was chosen (recorded, or measured at load).
         state: the decoded compressed weights (None for an ONNX-file model).
+        calibration: the manifest's score calibration (``monitoring.calibration``), applied by ``score``.
+
+    The manifest's ``monitoring`` record (written at training, carried by compression) holds the score
+    calibration, the training reference for drift and the alert budget.
     """
 
     model_dir: ModelDir
@@ -70,6 +76,14 @@ class ServedModel:
     form: Form
     runtime: dict = field(default_factory=dict)
     state: CompressedMLP | None = field(default=None, repr=False)
+    calibration: Platt | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.calibration is None and self.monitoring.get("calibration") is not None:
+            try:
+                object.__setattr__(self, "calibration", Platt.from_record(self.monitoring["calibration"]))
+            except FraudliteError as e:
+                raise ModelDirError(f"{self.path}: manifest monitoring.calibration: {e}") from None
 
     @property
     def version(self) -> str:
@@ -83,9 +97,60 @@ class ServedModel:
     def manifest(self) -> dict:
         return self.model_dir.manifest
 
+    @property
+    def monitoring(self) -> dict:
+        record = self.manifest.get("monitoring")
+        return record if isinstance(record, dict) else {}
+
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Fraud probabilities float32 [N] of raw features float32 [N, F]."""
-        return self.form.score(features)  # every form makes its input contiguous float32
+        """Fraud probabilities float32 [N] of raw features float32 [N, F] (calibrated when the model is)."""
+        raw = self.form.score(features)  # every form makes its input contiguous float32
+        return raw if self.calibration is None else self.calibration(raw)
+
+    def score_raw(self, features: np.ndarray) -> np.ndarray:
+        """The network's own output, before calibration (what the weights compute)."""
+        return self.form.score(features)
+
+    def normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) float32 [F] of the training features: the model's standardization, the reference
+        point of reason codes and the units drift is binned in."""
+        if self.state is not None:
+            return self.state.mean, self.state.safe_std()
+        stats = json.loads(self.model_dir.file("spec").read_text()).get("normalization") or {}
+        try:
+            mean = np.asarray(stats["mean"], np.float32)
+            std = np.asarray(stats["std"], np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise ModelDirError(f"{self.path}: the feature spec has no normalization (mean, std)") from None
+        if mean.shape != (self.spec.n_features,) or std.shape != mean.shape:
+            raise ModelDirError(
+                f"{self.path}: normalization has {mean.shape} values for {self.spec.n_features} features"
+            )
+        return mean, np.where(np.isfinite(std) & (std > 0), std, np.float32(1)).astype(np.float32)
+
+    def reference(self) -> Reference | None:
+        """The training reference for drift, or None for a model trained before it was stored.
+
+        Raises:
+            ModelDirError: a reference that does not decode or does not match the features.
+        """
+        text = self.monitoring.get("reference")
+        if text is None:
+            return None
+        try:
+            ref = Reference.decode(text)
+        except FraudliteError as e:
+            raise ModelDirError(f"{self.path}: manifest monitoring.reference: {e}") from None
+        if ref.n_features != self.spec.n_features:
+            raise ModelDirError(
+                f"{self.path}: reference of {ref.n_features} features, spec has {self.spec.n_features}"
+            )
+        return ref
+
+    @property
+    def alert_budget_per_1k(self) -> float | None:
+        value = self.monitoring.get("alert_budget_per_1k")
+        return None if value is None else float(value)
 
 
 def _probe_rows(state: CompressedMLP, rows: int = _PROBE_ROWS, seed: int = 0) -> np.ndarray:

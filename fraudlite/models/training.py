@@ -15,8 +15,10 @@ from fraudlite.data.transactions import day_of, format_day, window_mask
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ONNX_FILE, SPEC_FILE, ModelDir, write_model_dir
+from fraudlite.models.calibrate import monitoring_for, reference_rows, reliability_plot
 from fraudlite.models.evaluation import evaluate_scores, features_for
 from fraudlite.models.metrics import choose_thresholds
+from fraudlite.monitoring.budget import parse_alert_budget
 
 __all__ = ["TrainConfig", "TrainingData", "prepare_training_data", "train_model", "write_trained_model"]
 
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 MODEL_TYPES = ("mlp", "teacher", "logreg", "hgb")
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
+RELIABILITY_FILE = "reliability.png"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class TrainConfig:
     model_type: str = "mlp"
     seed: int = 0
     max_epochs: int | None = None
+    alert_budget: str | None = (
+        None  # "--alert-budget": alerts per 1,000 transactions ("2.5") or per day ("300/day")
+    )
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -60,6 +66,8 @@ class TrainConfig:
             raise ConfigError("--valid-start and --valid-end go together")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if self.alert_budget is not None:
+            parse_alert_budget(self.alert_budget)
 
     @property
     def valid_window(self) -> tuple[int, int]:
@@ -164,14 +172,31 @@ def _fit(data: TrainingData, config: TrainConfig):
 
 
 def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out: str | Path) -> ModelDir:
-    """Train, pick thresholds on validation, and write the model directory atomically."""
+    """Train, calibrate, pick thresholds on validation, and write the model directory atomically.
+
+    Scores are calibrated (Platt scaling fitted on the validation window, ``models.calibrate``): the
+    thresholds, the metrics and the drift reference are of the calibrated scores, the ones serving gives.
+    """
     t0 = time.perf_counter()
-    onnx_bytes, write_weights, valid_scores, (mean, std) = _fit(data, config)
-    threshold, alert_threshold = choose_thresholds(data.y[data.valid], valid_scores)
+    onnx_bytes, write_weights, raw_valid, (mean, std) = _fit(data, config)
+    y_valid = data.y[data.valid]
+    valid_start, valid_end = config.valid_window
+    monitoring, valid_scores, budget_alert = monitoring_for(
+        raw_valid, y_valid, data.X[reference_rows(data.train)], mean, std, valid_end - valid_start + 1,
+        config.alert_budget,
+    )  # fmt: skip
+    threshold, alert_threshold = choose_thresholds(y_valid, valid_scores)
+    if budget_alert is not None:
+        alert_threshold = budget_alert
     full_scores = np.zeros(len(data.df), dtype=np.float32)
     full_scores[data.valid] = valid_scores
     valid_metrics = evaluate_scores(data.df, full_scores, data.valid)
     metrics = {"validation": valid_metrics, "train_seconds": round(time.perf_counter() - t0, 2)}
+
+    def reliability(tmp: Path) -> dict[str, str]:
+        reliability_plot(monitoring.report, tmp / RELIABILITY_FILE)
+        return {RELIABILITY_FILE: "plot"}
+
     return write_trained_model(
         out,
         onnx_bytes=onnx_bytes,
@@ -189,7 +214,10 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
             "parent_version": None,
             "n_train": int(data.train.sum()),
             "n_valid": int(data.valid.sum()),
+            "monitoring": monitoring.record(),
         },
+        extra_files=reliability,
+        report={"calibration": monitoring.report},
     )
 
 
@@ -201,10 +229,12 @@ def write_trained_model(
     write_weights,
     manifest: dict,
     extra_files=None,
+    report: dict | None = None,
 ) -> ModelDir:
     """Write a model directory: ONNX, spec, optional weights, metrics report, manifest.
 
-    ``extra_files`` is an optional callable(tmpdir) -> {name: role} for further roles (compression).
+    ``extra_files`` is an optional callable(tmpdir) -> {name: role} for further roles (compression);
+    ``report``: more for ``metrics.json`` (a doc file) than the manifest's headline metrics.
     """
 
     def write(tmp: Path) -> dict[str, str]:
@@ -212,7 +242,9 @@ def write_trained_model(
         (tmp / SPEC_FILE).write_text(
             json.dumps({"spec": spec.to_dict(), "normalization": normalization}, indent=2)
         )
-        (tmp / METRICS_FILE).write_text(json.dumps(manifest.get("metrics", {}), indent=2))
+        (tmp / METRICS_FILE).write_text(
+            json.dumps({**manifest.get("metrics", {}), **(report or {})}, indent=2)
+        )
         roles = {ONNX_FILE: "onnx", SPEC_FILE: "spec", METRICS_FILE: "report"}
         if write_weights is not None:
             write_weights(tmp / WEIGHTS_FILE)

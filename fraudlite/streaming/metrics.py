@@ -34,6 +34,8 @@ __all__ = [
     "SCORE_BUCKETS",
     "STAGES",
     "DECISIONS",
+    "EXTRA_STAGES",
+    "OUTCOMES",
 ]
 
 #: End-to-end latency (record timestamp -> decision produced), seconds.
@@ -63,7 +65,14 @@ STAGE_BUCKETS = (
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 STAGES = ("decode", "features", "inference", "produce", "commit")
+#: Per-batch time of the optional steps (reason codes of alerted rows, the shadow model).
+EXTRA_STAGES = ("explain", "shadow")
+#: |shadow score - served score| per transaction.
+DELTA_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: A late label against the alert made (or not) for its transaction: positive = alerted.
+OUTCOMES = ("true_positive", "false_positive", "false_negative", "true_negative")
 DECISIONS = ("fraud", "legit")
+DECISION_KINDS = ("decision", "alert")
 
 
 class BatchHistogram(Collector):
@@ -239,6 +248,7 @@ class ScorerMetrics:
             "1 while the last Kafka round trip succeeded, 0 while it fails.",
             registry=r,
         )
+        self._monitoring_metrics(r)
         for decision in DECISIONS:
             self.scored.labels(decision)
         for reason in REASONS:
@@ -253,10 +263,80 @@ class ScorerMetrics:
             self.model_reloads.labels(result)
         for kind in ("decisions", "alerts", "dlq"):
             self.duplicates_suppressed.labels(kind)
+        for stage in EXTRA_STAGES:
+            self.stage_seconds.labels(stage)
+        for kind in DECISION_KINDS:
+            self.shadow_disagreements.labels(kind)
         self.healthy.set(1)
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
+
+    def _monitoring_metrics(self, r: CollectorRegistry) -> None:
+        """Drift, realized quality from late labels, reason codes, the shadow model, the alert budget."""
+        self.feature_drift = Gauge(
+            "fraudlite_feature_drift_psi",
+            "Population stability index of each model input over the drift window vs the training reference.",
+            ["feature"],
+            registry=r,
+        )
+        self.score_drift = Gauge(
+            "fraudlite_score_drift_psi",
+            "Population stability index of the served score over the drift window vs the training reference.",
+            registry=r,
+        )
+        self.drift_rows = Gauge(
+            "fraudlite_drift_window_rows", "Transactions in the drift window.", registry=r
+        )
+        self.label_outcomes = Counter(
+            "fraudlite_label_outcomes_total",
+            "Late labels joined to this scorer's decisions: alerted (positive) or not vs the label.",
+            ["outcome", "model_version"],
+            registry=r,
+        )
+        self.labels_unmatched = Counter(
+            "fraudlite_labels_unmatched_total",
+            "Labels of transactions this scorer holds no decision for (decided by another member, before "
+            "it started, or evicted from the bounded join).",
+            registry=r,
+        )
+        self.label_join_entries = Gauge(
+            "fraudlite_label_join_entries", "Decisions held waiting for their late label.", registry=r
+        )
+        self.explained = Counter("fraudlite_explained_total", "Transactions given reason codes.", registry=r)
+        self.shadow_info = Gauge(
+            "fraudlite_shadow_model_info",
+            "The shadow model scoring the same batches (value 1): version, runnable form.",
+            ["version", "form"],
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "fraudlite_shadow_scored_total", "Transactions scored by the shadow model.", registry=r
+        )
+        self.shadow_disagreements = Counter(
+            "fraudlite_shadow_disagreements_total",
+            "Transactions where the shadow model's decision (or alert) differs from the served model's.",
+            ["kind"],
+            registry=r,
+        )
+        self.shadow_score_delta = BatchHistogram(
+            "fraudlite_shadow_score_delta",
+            "|shadow score - served score| per transaction.",
+            DELTA_BUCKETS,
+            registry=r,
+        )
+        self.shadow_label_outcomes = Counter(
+            "fraudlite_shadow_label_outcomes_total",
+            "Late labels joined to the shadow model's alerts (as if it had served).",
+            ["outcome", "model_version"],
+            registry=r,
+        )
+        self.alert_budget = Gauge(
+            "fraudlite_alert_budget_per_1k",
+            "The alert budget the alert threshold was set for (alerts per 1,000 transactions); NaN when "
+            "the model has none.",
+            registry=r,
+        )
 
     def set_model(
         self,

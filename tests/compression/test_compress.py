@@ -126,7 +126,7 @@ def test_the_served_model_is_the_compact_artifact_decoded(compressed, frame) -> 
     served = open_model(md.path)
     assert served.state.equals(back)
     X = np.random.default_rng(0).normal(size=(500, back.n_features)).astype(np.float32) * 3
-    assert np.max(np.abs(served.score(X) - state.predict_proba(X))) <= 1e-6
+    assert np.max(np.abs(served.score_raw(X) - state.predict_proba(X))) <= 1e-6
     for name, form in FORMS.items():
         scores = form(back.layers, back.mean, back.std, back.masks).score(X)
         assert np.max(np.abs(scores - state.predict_proba(X))) <= 1e-6, name
