@@ -8,6 +8,7 @@ machines are noise. ``--only NAME`` runs some sections and keeps the others' las
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import platform
 import re
@@ -27,6 +28,7 @@ SECTIONS = [
     "bench_streaming",
     "bench_retrain",
     "bench_reliability",
+    "bench_explain",
 ]
 EXTRA = [
     "bench_soak",  # `make soak`, ten minutes
@@ -46,12 +48,21 @@ def _existing_sections() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="section names to run (default: all that exist)")
+    parser.add_argument(
+        "--workdir",
+        help="keep the run's files here (default: a temporary directory): a later run given the same one "
+        "reuses the models earlier sections wrote (bench_streaming serves bench_shipping's)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE))
     available = [s for s in SECTIONS if (HERE / f"{s}.py").exists()]
     chosen = args.only or available
-    with tempfile.TemporaryDirectory(prefix="fraudlite-bench-") as tmp:
+    with (
+        contextlib.nullcontext(args.workdir)
+        if args.workdir
+        else tempfile.TemporaryDirectory(prefix="fraudlite-bench-")
+    ) as tmp:
         for name in chosen:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
