@@ -105,9 +105,11 @@ class FeatureSpec:
     def n_features(self) -> int:
         return len(self.names)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, names: bool = True) -> dict:
+        """The parameters, plus the derived ``names`` (a check when read back) unless ``names=False``."""
         d = asdict(self)
-        d["names"] = self.names
+        if names:
+            d["names"] = self.names
         return d
 
     @classmethod

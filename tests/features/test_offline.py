@@ -73,7 +73,11 @@ def test_empty_input_and_shape():
 def test_spec_round_trips_and_validates():
     spec = FeatureSpec(customer_windows=(2, 5), delay_days=3)
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert FeatureSpec.from_dict(spec.to_dict(names=False)) == spec  # what a compressed model ships
     from fraudlite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="names do not match"):
+        FeatureSpec.from_dict({**spec.to_dict(), "names": spec.names[::-1]})
 
     with pytest.raises(ConfigError, match="customer_windows"):
         FeatureSpec(customer_windows=(0,))
