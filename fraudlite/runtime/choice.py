@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fraudlite.errors import ConfigError
-from fraudlite.runtime.forms import Form
+from fraudlite.runtime.forms import Form, one_blas_thread
 
 __all__ = ["PREFERENCE", "SLACK_SECONDS", "measure_forms", "choose_form", "machine_fingerprint"]
 
@@ -59,11 +59,20 @@ def measure_forms(
     """Rows/s of each form at each batch size: the best of ``rounds``, forms alternated in each round.
 
     Each timing repeats ``score`` on the first ``batch`` rows of X until ``min_seconds`` have passed;
-    every form runs once per batch size untimed first (lazy allocations, caches).
+    every form runs once per batch size untimed first (lazy allocations, caches). numpy's BLAS runs on
+    one thread meanwhile, as in the scorer (``forms.one_blas_thread``).
     """
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
     samples: dict[str, dict[int, list[float]]] = {name: {} for name in forms}
+    with one_blas_thread():  # as the scorer runs them
+        _measure(forms, X, batch_sizes, rounds, min_seconds, samples)
+    return {
+        name: {batch: max(rates) for batch, rates in by_batch.items()} for name, by_batch in samples.items()
+    }
+
+
+def _measure(forms, X, batch_sizes, rounds, min_seconds, samples) -> None:
     for batch in batch_sizes:
         x = _rows(X, int(batch))
         for form in forms.values():
@@ -71,9 +80,6 @@ def measure_forms(
         for _ in range(rounds):
             for name, form in forms.items():
                 samples[name].setdefault(int(batch), []).append(_rate(form, x, min_seconds))
-    return {
-        name: {batch: max(rates) for batch, rates in by_batch.items()} for name, by_batch in samples.items()
-    }
 
 
 def _rank(name: str) -> tuple[int, str]:

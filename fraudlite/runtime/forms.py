@@ -27,7 +27,16 @@ import numpy as np
 from fraudlite.errors import ConfigError
 from fraudlite.runtime.onnx_graph import Layers, check_layers, mlp_graph, standardization
 
-__all__ = ["Form", "FORMS", "OrtDense", "NumpyDense", "NumpySparse", "build_forms", "CHUNK_ROWS"]
+__all__ = [
+    "Form",
+    "FORMS",
+    "OrtDense",
+    "NumpyDense",
+    "NumpySparse",
+    "build_forms",
+    "one_blas_thread",
+    "CHUNK_ROWS",
+]
 
 CHUNK_ROWS = 65536  # as OnnxScorer.score: bounds the per-call temporaries
 _GATHER_ELEMENTS = 1 << 22  # float32 elements (16 MB) per gather of a pruned layer
@@ -43,6 +52,21 @@ class Form(Protocol):
     needs_onnxruntime: bool  # a serving process that loads only numpy forms never imports it
 
     def score(self, features: np.ndarray) -> np.ndarray: ...
+
+
+def one_blas_thread():
+    """Limit numpy's BLAS to one thread, as serving runs it (ONNX Runtime sessions get one thread too).
+    Applies at once, for the process (the scorer); used as a ``with`` block, the old limit is back after
+    it (timing the forms in ``choice``).
+
+    Why: an OpenBLAS thread spins for a while after each call, waiting for more work; in a scorer on two
+    cores it takes the core the Kafka client's threads need. Measured in bench_streaming: the numpy-dense
+    model at 0.80x the msg/s of the fp32 ONNX one with OpenBLAS's default two threads. A scorer's matmuls
+    (a batch of 2,000 x a few dozen units) take well under a millisecond on one thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _masked(layers: Layers, masks: Masks) -> list[tuple[np.ndarray, np.ndarray]]:

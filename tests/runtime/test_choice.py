@@ -69,6 +69,28 @@ def test_forms_are_timed_alternately_and_inputs_cycle_to_the_batch_size():
         measure_forms(forms, np.zeros((0, 2)))
 
 
+def test_forms_are_timed_with_one_blas_thread_as_the_scorer_runs_them():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # load BLAS
+    seen: list[set[int]] = []
+
+    class Probe:
+        name, needs_onnxruntime = "probe", False
+
+        def score(self, x):
+            seen.append(blas_threads())
+            return np.zeros(len(x), np.float32)
+
+    before = blas_threads()
+    measure_forms({"probe": Probe()}, np.zeros((3, 2)), batch_sizes=(1,), rounds=1, min_seconds=0.0)
+    assert seen and all(s == {1} for s in seen)
+    assert blas_threads() == before  # the limit is the measurement's only
+
+
 def test_choose_form_takes_the_highest_geometric_mean():
     rates = {
         "numpy-dense": {1: 100.0, 256: 1e6},  # the arithmetic mean would pick this one (big batch only)
