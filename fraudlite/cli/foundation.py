@@ -39,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         model_type=args.model_type,
         seed=args.seed,
         max_epochs=args.max_epochs,
+        alert_budget=args.alert_budget,
     )
 
 
@@ -59,7 +60,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from fraudlite.cli.foundation_commands import score
 
-    return score(args.model, args.data, parse_columns(args.columns), args.out)
+    return score(args.model, args.data, parse_columns(args.columns), args.out, explain=args.explain)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -109,6 +110,11 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--max-epochs", type=int, help="cap on MLP epochs (default from the model config)")
+    p.add_argument(
+        "--alert-budget",
+        help="alerts the team can investigate: per 1,000 transactions (2.5 or 2.5/1k) or per day (300/day); "
+        "sets the alert threshold from the validation window (default: the 0.9-precision point)",
+    )
     p.add_argument("--out", required=True, help="model directory to write (atomically)")
     p.set_defaults(func=_train)
 
@@ -126,10 +132,15 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("score", help="score every row of a file; writes tx_id,score")
+    p = sub.add_parser("score", help="score every row of a file; writes tx_id,score (+ reasons: --explain)")
     p.add_argument("--model", required=True, help="model directory")
     add_data_args(p)
     p.add_argument("--out", required=True, help="output CSV (written atomically)")
+    p.add_argument(
+        "--explain", action="store_true",
+        help="add columns reason_1..reason_3: the top reasons (text) of rows scoring at or above the model's "
+        "alert threshold, empty for the other rows",
+    )  # fmt: skip
     p.set_defaults(func=_score)
 
     p = sub.add_parser(

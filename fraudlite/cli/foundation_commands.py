@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import load_transactions, parse_day, write_table
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.spec import FeatureSpec
-from fraudlite.models.evaluation import evaluate_window, score_frame
+from fraudlite.models.evaluation import evaluate_window, features_for, score_frame
 from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
 
 __all__ = ["generate", "train", "evaluate", "score"]
@@ -75,6 +76,7 @@ def train(
     model_type: str = "mlp",
     seed: int = 0,
     max_epochs: int | None = None,
+    alert_budget: str | None = None,
 ) -> int:
     """Train a model on a date window and write its model directory (atomically)."""
     config = TrainConfig(
@@ -87,6 +89,7 @@ def train(
         model_type=model_type,
         seed=seed,
         max_epochs=max_epochs,
+        alert_budget=alert_budget,
     )
     spec = FeatureSpec(delay_days=delay_days)
     df = load_transactions(data, columns, require_label=True)
@@ -128,17 +131,41 @@ def evaluate(
     return 0
 
 
-def score(model: str, data: str, columns: dict[str, str], out: str) -> int:
-    """Write ``tx_id,score`` for every input row (features use the file's whole history)."""
+def score(model: str, data: str, columns: dict[str, str], out: str, explain: bool = False) -> int:
+    """Write ``tx_id,score`` for every input row (features use the file's whole history); ``explain``
+    adds ``reason_1..reason_3``: the reasons' text of the rows at or above the alert threshold."""
     if Path(out).suffix.lower() != ".csv":
         raise ConfigError(f"--out: scores are written as CSV, got {out!r}")
     served = open_model(model)
     df = load_transactions(data, columns, require_label=False)
     if "label" not in df:
         logger.warning("score: no label column: terminal risk features will be 0 (training saw real risk)")
-    scores = score_frame(served, df)
+    features = features_for(served.spec, df)
+    scores = score_frame(served, df, features)
     if len(scores) != len(df):
         raise DataError("internal: score count does not match rows")
-    write_table(pd.DataFrame({"tx_id": df["tx_id"], "score": scores}), out)
+    table = {"tx_id": df["tx_id"], "score": scores}
+    if explain:
+        table.update(reason_columns(served, features, scores))
+    write_table(pd.DataFrame(table), out)
     print(f"scored {len(df)} rows -> {out}", file=sys.stderr)
     return 0
+
+
+def reason_columns(served, features: np.ndarray, scores: np.ndarray, chunk: int = 4096) -> dict[str, list]:
+    """``reason_1..reason_3``: per row at or above the model's alert threshold, its reasons' text
+    (``monitoring.reasons``, the same as ``serve`` gives alerts); "" elsewhere. One score call per
+    ``chunk`` alerted rows bounds the perturbed rows held at once."""
+    from fraudlite.monitoring.reasons import MAX_REASONS, explain_rows
+
+    rows = np.flatnonzero(scores >= served.model_dir.alert_threshold)
+    reference, names = served.normalization()[0], served.spec.names
+    columns = [[""] * len(scores) for _ in range(MAX_REASONS)]
+    for start in range(0, len(rows), chunk):
+        idx = rows[start : start + chunk]
+        explained = explain_rows(served.log_odds, features[idx], reference, names)
+        for row, reasons in zip(idx.tolist(), explained, strict=True):
+            for k, reason in enumerate(reasons):
+                columns[k][row] = reason.text
+    logger.info("score: %d rows at or above the alert threshold explained", len(rows))
+    return {f"reason_{k + 1}": column for k, column in enumerate(columns)}

@@ -57,6 +57,7 @@ def _retrain(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         recipe=args.recipe,
         compress=not args.no_compress,
+        alert_budget=args.alert_budget,
     )
 
 
@@ -129,6 +130,11 @@ def add_lifecycle(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--max-epochs", type=int, help="cap on MLP epochs")
+    p.add_argument(
+        "--alert-budget",
+        help="alerts per 1,000 transactions (2.5) or per day (300/day): each new model's alert threshold "
+        "(as for train)",
+    )
     p.add_argument("--no-compress", action="store_true", help="register the trained model uncompressed")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--once", action="store_true", help="one run; prints the decision as JSON")

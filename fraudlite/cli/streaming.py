@@ -96,6 +96,29 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--dlq-envelope", action="store_true", help="DLQ values as a JSON envelope, not raw bytes")
     p.add_argument("--reload-interval", type=float, default=5.0, help="registry poll interval, s (default 5)")
+    p.add_argument(
+        "--shadow-model",
+        help="a second model directory (same feature spec) scoring the same batches; it decides nothing, "
+        "its decisions go to --shadow-topic and its metrics to fraudlite_shadow_*",
+    )  # fmt: skip
+    p.add_argument(
+        "--shadow-topic", default="decisions-shadow",
+        help="the shadow model's decisions (default decisions-shadow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label-join-capacity", type=int, default=200_000,
+        help="decisions held for the late-label join (fraudlite_label_outcomes_total), oldest evicted "
+        "(their labels count as unmatched); ~150 bytes each, 30 MB at the default; 0 = no join "
+        "(default 200000: size it to the decisions of one label delay to see every outcome)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label-horizon-days", type=int,
+        help="how long (event time) a decision waits for its label (default: the model's label delay + 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--explain-all", action="store_true",
+        help="reason codes on every decision, not only on alerts (costs 6 x (features - 1) model rows each)",
+    )  # fmt: skip
     p.set_defaults(func=_serve)
 
 

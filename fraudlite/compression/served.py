@@ -107,6 +107,19 @@ class ServedModel:
         raw = self.form.score(features)  # every form makes its input contiguous float32
         return raw if self.calibration is None else self.calibration(raw)
 
+    def log_odds(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated log-odds of fraud, float64 [N] (the served score is their sigmoid): what reason codes
+        attribute. From the network's logit where the form gives it (the numpy forms): a probability is
+        1.0 in float32 once the logit passes ~17, and rows there would all look alike; else from the
+        probability, clipped to (1e-7, 1 - 1e-7)."""
+        logit = getattr(self.form, "logit", None)
+        if logit is not None:
+            z = np.asarray(logit(features), np.float64)
+        else:
+            p = np.clip(np.asarray(self.form.score(features), np.float64), 1e-7, 1 - 1e-7)
+            z = np.log(p) - np.log1p(-p)
+        return z if self.calibration is None else self.calibration.a * z + self.calibration.b
+
     def score_raw(self, features: np.ndarray) -> np.ndarray:
         """The network's own output, before calibration (what the weights compute)."""
         return self.form.score(features)

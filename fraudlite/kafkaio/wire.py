@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -333,22 +334,47 @@ class _Label(msgspec.Struct, gc=False):
     timestamp: int | float | str
     terminal_id: str | int
     label: int
+    # Read for the join to decisions (``streaming.label_outcomes``) but never required: a label with a
+    # missing or unusable tx_id / customer_id still counts for the terminal table, as before.
+    tx_id: Any = None
+    customer_id: Any = None
 
 
 @dataclass(frozen=True)
 class DecodedLabels:
-    """Valid labels as columns: transaction time (epoch s), terminal id, 0/1 label; plus a count of rejects."""
+    """Valid labels as columns: transaction time (epoch s), terminal id, 0/1 label; plus a count of rejects.
+
+    ``tx_id`` and ``customer_id`` (str per valid label, ``""`` when the message has none usable: absent,
+    not a string or integer, empty or longer than ``DecodeLimits.max_id_chars``) join a label to the
+    decision made for its transaction; they never make a label invalid.
+    """
 
     ts: np.ndarray
     terminal_id: list[str]
     label: np.ndarray
     n_invalid: int
+    tx_id: list[str] = field(default_factory=list)
+    customer_id: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def take(self, index: np.ndarray) -> DecodedLabels:
+        """The labels at positions ``index`` (``n_invalid`` is not carried: 0)."""
+        pick = np.asarray(index, dtype=np.int64).tolist()
+        return DecodedLabels(
+            self.ts[pick], [self.terminal_id[i] for i in pick], self.label[pick], 0,
+            [self.tx_id[i] for i in pick] if self.tx_id else [],
+            [self.customer_id[i] for i in pick] if self.customer_id else [],
+        )  # fmt: skip
 
 
 class LabelDecoder:
     """Decodes label messages ``{"tx_id", "customer_id", "terminal_id", "timestamp", "label"}``.
 
-    Only the fields the terminal table needs are read; invalid labels are counted and skipped.
+    A label is valid when the fields the terminal table needs are (timestamp, terminal_id, a 0/1
+    label); invalid labels are counted and skipped. ``tx_id`` and ``customer_id`` are kept as they are
+    (see ``DecodedLabels``).
     """
 
     def __init__(self, limits: DecodeLimits | None = None) -> None:
@@ -372,6 +398,21 @@ class LabelDecoder:
         bad = bad_terminal | (ts < limits.min_timestamp_s) | (ts > limits.max_timestamp_s) | ~ok_label
         keep = np.flatnonzero(~bad)
         n_invalid = len(values) - len(keep)
+        tx_id = _optional_ids([r.tx_id for r in rows], limits.max_id_chars)
+        customer_id = _optional_ids([r.customer_id for r in rows], limits.max_id_chars)
         if len(keep) < len(rows):
-            terminal_id = [terminal_id[j] for j in keep.tolist()]
-        return DecodedLabels(ts[keep], terminal_id, label[keep], n_invalid)
+            pick = keep.tolist()
+            terminal_id = [terminal_id[j] for j in pick]
+            tx_id = [tx_id[j] for j in pick]
+            customer_id = [customer_id[j] for j in pick]
+        return DecodedLabels(ts[keep], terminal_id, label[keep], n_invalid, tx_id, customer_id)
+
+
+def _optional_ids(column: list, max_chars: int) -> list[str]:
+    """Ids of an optional field as str (integers converted, as ``_ids`` does); ``""`` for an absent or
+    unusable one (another JSON type, empty, too long)."""
+    usable = [x if type(x) is str or type(x) is int else "" for x in column]
+    ids, bad = _ids(usable, max_chars)
+    if bad.any():
+        ids = ["" if b else x for x, b in zip(ids, bad.tolist(), strict=True)]
+    return ids

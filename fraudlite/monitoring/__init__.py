@@ -6,4 +6,6 @@
 - :mod:`~fraudlite.monitoring.calibration`: Platt scaling applied to served scores, expected calibration
   error, reliability bins.
 - :mod:`~fraudlite.monitoring.budget`: the alert threshold that meets an alert budget.
+- :mod:`~fraudlite.monitoring.reasons`: reason codes, sampled Shapley values of the served score against
+  the training means, and their investigator text.
 """

@@ -1,7 +1,9 @@
 """Reason codes: why the served model scored a transaction high, in words an investigator reads.
 
-Attributions are Shapley values of the served score function itself (calibrated probability, what the
-decision compares), estimated by permutation sampling against one reference point, the average
+Attributions are Shapley values of the served score function itself, in the scorer its log-odds
+(``ServedModel.log_odds``: calibrated, from the network's logit; the same order as the probability the
+decision compares, but a float32 probability of 1.0 would make every change on a saturated alert
+zero), estimated by permutation sampling against one reference point, the average
 transaction (the model's training feature means, ``ServedModel.normalization()[0]``):
 
 * a permutation of the F features walks from the reference to the row, switching one feature at a time
@@ -55,7 +57,8 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True, slots=True)
 class Reason:
     """One reason of a score: the feature (as named in the feature spec), its value in the row, its
-    Shapley contribution to the score (probability units) and the investigator's text."""
+    Shapley contribution to the score (in the score function's units: log-odds in serving) and the
+    investigator's text."""
 
     feature: str
     value: float

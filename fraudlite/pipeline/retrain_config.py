@@ -12,6 +12,7 @@ from pathlib import Path
 from fraudlite.data.transactions import format_day
 from fraudlite.errors import ConfigError
 from fraudlite.models.training import MODEL_TYPES, TrainConfig
+from fraudlite.monitoring.budget import parse_alert_budget
 
 __all__ = ["RetrainConfig", "RetrainWindows"]
 
@@ -27,7 +28,7 @@ class RetrainConfig:
         tolerance: a challenger is rejected if its AP is lower than the champion's by more than this.
         max_ap_drop: compression guardrail: largest AP drop compression may cost.
         min_ap: guardrail: a challenger below this AP on the comparison window is never promoted.
-        model_type, seed, max_epochs: passed to training (see ``fraudlite train``).
+        model_type, seed, max_epochs, alert_budget: passed to training (see ``fraudlite train``).
         recipe: compression recipe file (TOML) or None for the built-in one.
         compress: False registers the trained model uncompressed (``--no-compress``).
         k: k of card precision@k.
@@ -45,6 +46,7 @@ class RetrainConfig:
     recipe: str | None = None
     k: int = 100
     compress: bool = True
+    alert_budget: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("train_days", "delay_days", "valid_days", "k"):
@@ -66,6 +68,8 @@ class RetrainConfig:
             )
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if self.alert_budget is not None:
+            parse_alert_budget(self.alert_budget)
         if self.recipe is not None and not Path(self.recipe).is_file():
             raise ConfigError(f"--recipe: no such file {self.recipe!r}")
 
@@ -100,6 +104,7 @@ class RetrainWindows:
             model_type=config.model_type,
             seed=config.seed,
             max_epochs=config.max_epochs,
+            alert_budget=config.alert_budget,
         )
 
     def to_dict(self) -> dict:

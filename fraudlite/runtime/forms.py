@@ -13,7 +13,9 @@ the same probabilities (within float32 rounding):
   few percent density, since a dense BLAS matmul is far faster per multiply.
 
 Each takes RAW float32 features [N, F] and returns float32 probabilities [N]; inputs above 65536 rows
-go through in chunks to bound the temporaries. Importing this module imports numpy only.
+go through in chunks to bound the temporaries. The numpy forms also give the logit (``logit``): a
+probability saturates at 1.0 in float32 once the logit passes ~17, where reason codes still need to tell
+two rows apart. Importing this module imports numpy only.
 """
 
 from __future__ import annotations
@@ -159,15 +161,19 @@ class _NumpyMLP:
         self._standardize = standardize or (lambda x: x)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        return _chunked(self._run, features)
+        return _chunked(lambda x: _sigmoid(self._logit(x)), features)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def logit(self, features: np.ndarray) -> np.ndarray:
+        """The output unit before the sigmoid, float32 [N]."""
+        return _chunked(self._logit, features)
+
+    def _logit(self, x: np.ndarray) -> np.ndarray:
         x = self._standardize(x)
         h = np.ascontiguousarray(x.T) if self._transposed else x
         for kernel in self._kernels[:-1]:
             h = kernel(h)
             np.maximum(h, 0, out=h)
-        return _sigmoid(self._kernels[-1](h).reshape(-1))
+        return self._kernels[-1](h).reshape(-1)
 
 
 def _standardizer(layers: Layers, mean: np.ndarray | None, std: np.ndarray | None) -> Kernel:
@@ -220,14 +226,21 @@ class NumpyDense:
     def score(self, features: np.ndarray) -> np.ndarray:
         return _chunked(self._run, features)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def logit(self, features: np.ndarray) -> np.ndarray:
+        """The output unit before the sigmoid, float32 [N]."""
+        return _chunked(lambda x: -self._negative_logit(x), features)
+
+    def _negative_logit(self, x: np.ndarray) -> np.ndarray:
         mats = self._mats
         h = self._standardize(x) @ mats[0]
         h += self._b0
         for m in mats[1:]:
             np.maximum(h, 0, out=h)
             h = h @ m
-        z = h.reshape(-1)  # -logit
+        return h.reshape(-1)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        z = self._negative_logit(x)
         np.minimum(z, 88.0, out=z)  # exp stays finite in float32; the sigmoid is below 1e-38 there
         np.exp(z, out=z)
         z += 1

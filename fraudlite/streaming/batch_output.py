@@ -4,7 +4,8 @@ Per input partition ``p`` of the batch, in this order (the same order as the rec
 
 * one decision per valid transaction (``outputs.encode_decisions``), appended per partition run with
   ``kafkaio.bulk_send.send_many`` when the decisions topic is aligned with the input partitions;
-* the decisions at or above the alert threshold, to the alerts topic;
+* the decisions at or above the alert threshold, to the alerts topic, each with its reasons
+  (``explain.Explanations``; the decisions carry them too only with ``--explain-all``);
 * one DLQ record per invalid input record (``dlq_record``: reason headers, truncation, envelope);
 * with idempotent outputs, a ``positions`` record to changelog partition ``p`` (``idempotence``).
 
@@ -27,8 +28,17 @@ from kafka import KafkaProducer, TopicPartition
 
 from fraudlite.features.online import CustomerState
 from fraudlite.kafkaio.bulk_send import send_many
+from fraudlite.streaming.explain import Explanations
 from fraudlite.streaming.idempotence import OUTPUT_KINDS, POSITIONS_KEY, Decided, encode_positions
-from fraudlite.streaming.outputs import dlq_envelope, dlq_headers, dlq_truncate, encode_decisions
+from fraudlite.streaming.outputs import (
+    FRAUD,
+    LEGIT,
+    dlq_envelope,
+    dlq_headers,
+    dlq_truncate,
+    encode_decision,
+    encode_decisions,
+)
 from fraudlite.streaming.partition_state import PartitionBook
 from fraudlite.streaming.reload import LoadedModel
 from fraudlite.streaming.settings import OutputSettings
@@ -84,6 +94,7 @@ def send_outputs(
     model: LoadedModel,
     scored_at: str,
     book: PartitionBook,
+    explained: Explanations | None = None,
 ) -> SentBatch:
     """Send the outputs of a scored batch (see the module docstring); updates ``book`` as it goes.
 
@@ -96,6 +107,7 @@ def send_outputs(
         model: the model that scored it (thresholds, version).
         scored_at: the decisions' ``scored_at`` time.
         book: the per-partition bookkeeping.
+        explained: the reasons of the batch's alerted (or all) rows, by index among its valid rows.
 
     Returns:
         What was sent (futures not awaited).
@@ -119,10 +131,13 @@ def send_outputs(
         decided = decided_by_p.get(p)  # outputs a crashed predecessor already made visible
         if len(d):
             s = scores[offset : offset + len(d)]
+            why = explained.between(offset, offset + len(d)) if explained is not None else {}
             offset += len(d)
+            in_decisions = explained is not None and explained.in_decisions
             values, fraud = encode_decisions(
-                d.tx_id, d.customer_id, s, model.threshold, model.version, scored_at
-            )
+                d.tx_id, d.customer_id, s, model.threshold, model.version, scored_at,
+                why if in_decisions else None,
+            )  # fmt: skip
             keys = [c.encode() for c in d.customer_id]
             out_p = p if n_out == n_input else None
             out_keys, out_values = keys, values
@@ -147,7 +162,13 @@ def send_outputs(
                 if decided is not None and Decided.take(decided.alerts, d.tx_id[i]):
                     suppressed["alerts"] += 1
                     continue
-                futures.append(send(topics.alerts, value=values[i], key=keys[i], partition=alert_p))
+                value = values[i]
+                if i in why and not in_decisions:  # the alert carries reasons, the decision does not
+                    value = encode_decision(
+                        d.tx_id[i], d.customer_id[i], float(np.round(np.float64(s[i]), 6)),
+                        FRAUD if fraud[i] else LEGIT, model.threshold, model.version, scored_at, why[i],
+                    )  # fmt: skip
+                futures.append(send(topics.alerts, value=value, key=keys[i], partition=alert_p))
                 last_sent[("alerts", p)] = futures[-1]
             if track_dirty:
                 dirty.setdefault(p, {}).update(dict.fromkeys(d.customer_id))

@@ -36,6 +36,7 @@ from fraudlite.streaming.batch_output import (
     send_changelog,
     send_outputs,
 )
+from fraudlite.streaming.explain import Explanations
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.outputs import iso_now
 from fraudlite.streaming.partition_state import PartitionBook
@@ -100,7 +101,7 @@ class Checkpoint:
 
     1. begin the transaction (exactly-once only);
     2. send the outputs: decisions, alerts, DLQ records and, with idempotent outputs, the ``positions``
-       records (``batch_output.send_outputs``);
+       records (``batch_output.send_outputs``); then what ``also`` sends (the shadow's decisions);
     3. at-least-once: flush the outputs and check every send;
     4. changelog due (``changelog_interval_s`` since the last records)? take the records of the customers
        changed since; exactly-once: flush the outputs first;
@@ -143,8 +144,18 @@ class Checkpoint:
         self.metrics = metrics
         self._last_changelog = time.monotonic()
 
-    def commit(self, parts: list[Part], scores: np.ndarray, model: LoadedModel) -> Committed:
-        """Send and commit the batch ``parts`` scored ``scores`` by ``model`` (steps 1-7 above).
+    def commit(
+        self,
+        parts: list[Part],
+        scores: np.ndarray,
+        model: LoadedModel,
+        explained: Explanations | None = None,
+        also: Callable[[Producer], list] | None = None,
+    ) -> Committed:
+        """Send and commit the batch ``parts`` scored ``scores`` by ``model`` (steps 1-7 above);
+        ``explained``: the reasons its alerts (and, with ``--explain-all``, decisions) carry; ``also``:
+        sends more records of the batch with the producer (the shadow model's decisions, ``shadow``),
+        right after the outputs in step 2, and returns their futures.
 
         Raises:
             KafkaError / KafkaIOError: a send, flush or the commit failed; the transaction is still open.
@@ -154,9 +165,12 @@ class Checkpoint:
         if eos:
             producer.begin_transaction()
         sent = send_outputs(
-            producer, self.outputs, self.clients.partitions, parts, scores, model, iso_now(time.time()), self.book
+            producer, self.outputs, self.clients.partitions, parts, scores, model, iso_now(time.time()), self.book,
+            explained,
         )  # fmt: skip
         futures = sent.futures
+        if also is not None:
+            futures += also(producer)
         if not eos:
             producer.flush()
             check_sent(futures)

@@ -48,7 +48,8 @@ def _topic_name(flag: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names. ``changelog`` defaults to ``<group id>-customer-state-changelog`` (see ServeConfig)."""
+    """Topic names. ``changelog`` defaults to ``<group id>-customer-state-changelog`` (see ServeConfig);
+    ``shadow`` (the shadow model's decisions) is None unless a shadow model is served."""
 
     input: str = "transactions"
     output: str = "fraud-decisions"
@@ -56,17 +57,19 @@ class Topics:
     dlq: str = "transactions-dlq"
     labels: str | None = "fraud-labels"
     changelog: str | None = None
+    shadow: str | None = "decisions-shadow"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
                 _topic_name(f"--{f.name.replace('_', '-')}-topic", value)
-        names = [
-            n for n in (self.input, self.output, self.alerts, self.dlq, self.labels, self.changelog) if n
-        ]
+        every = (self.input, self.output, self.alerts, self.dlq, self.labels, self.changelog, self.shadow)
+        names = [n for n in every if n]
         if len(set(names)) != len(names):
-            raise ConfigError("the input, output, alerts, DLQ, labels and changelog topics must be distinct")
+            raise ConfigError(
+                "the input, output, alerts, DLQ, labels, changelog and shadow topics must be distinct"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ class ServeConfig:
     changed in the last ``changelog_interval_s`` go to the changelog with the next batch (0 = every
     batch), and a restore replays the input records committed since the last changelog record. ``dlq_envelope`` writes
     DLQ values as a JSON envelope instead of the original bytes; longer DLQ values are cut to
-    ``dlq_max_value_bytes`` (headers say so: the producer could not send them whole).
+    ``dlq_max_value_bytes`` (headers say so: the producer could not send them whole). Alerts always
+    carry reason codes; ``explain_all`` puts them on every decision too (``streaming.explain``).
+    ``shadow_model_dir``: a second model scoring the same batches, its decisions to ``topics.shadow``
+    (``streaming.shadow``). With a labels topic, late labels are joined to the decisions
+    (``streaming.label_outcomes``): at most ``label_join_capacity`` decisions held (0 = no join), each
+    for ``label_horizon_days`` of event time (None: the model's ``delay_days`` + 1).
     """
 
     bootstrap_servers: str
@@ -124,6 +132,10 @@ class ServeConfig:
     auto_offset_reset: str = "earliest"
     reload_interval_s: float = 5.0
     lag_interval_s: float = 5.0
+    explain_all: bool = False
+    shadow_model_dir: Path | None = None
+    label_join_capacity: int = 200_000
+    label_horizon_days: int | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers or any(
@@ -174,6 +186,29 @@ class ServeConfig:
             raise ConfigError(f"changelog_interval_s must be in 0..3600, got {self.changelog_interval_s}")
         if self.reload_interval_s <= 0 or self.lag_interval_s <= 0:
             raise ConfigError("reload_interval_s and lag_interval_s must be > 0")
+        self._check_shadow_and_labels()
+
+    def _check_shadow_and_labels(self) -> None:
+        if self.shadow_model_dir is None:
+            if self.topics.shadow is not None:
+                object.__setattr__(self, "topics", replace(self.topics, shadow=None))
+        else:
+            object.__setattr__(self, "shadow_model_dir", Path(self.shadow_model_dir))
+            if not self.shadow_model_dir.is_dir():
+                raise ConfigError(f"--shadow-model: not a directory: {self.shadow_model_dir}")
+            if self.topics.shadow is None:
+                raise ConfigError("--shadow-topic: a shadow model needs a topic for its decisions")
+        if not 0 <= self.label_join_capacity <= 100_000_000:
+            raise ConfigError(f"--label-join-capacity must be in 0..1e8, got {self.label_join_capacity}")
+        if self.label_horizon_days is not None and not 1 <= self.label_horizon_days <= 3650:
+            raise ConfigError(f"--label-horizon-days must be in 1..3650, got {self.label_horizon_days}")
+
+    def label_join(self, delay_days: int) -> tuple[int, int] | None:
+        """``(capacity, horizon in s)`` of the late-label join for a model with ``delay_days``; None
+        without a labels topic or with ``label_join_capacity`` 0."""
+        if self.topics.labels is None or self.label_join_capacity == 0:
+            return None
+        return self.label_join_capacity, (self.label_horizon_days or delay_days + 1) * 86_400
 
     @property
     def exactly_once(self) -> bool:
@@ -205,6 +240,7 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         ConfigError: any invalid flag or setting (the message names it).
     """
     security = kafka_security(getattr(args, "kafka_config", None), environ)
+    shadow_topic = getattr(args, "shadow_topic", Topics.shadow) or None
     topics = Topics(
         input=args.input_topic,
         output=args.output_topic,
@@ -212,6 +248,8 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         dlq=args.dlq_topic,
         labels=args.labels_topic or None,
         changelog=args.changelog_topic or None,
+        # only with a shadow model: the default name then never collides with the other topics
+        shadow=shadow_topic if getattr(args, "shadow_model", None) else None,
     )
     first, last = _event_time_range(getattr(args, "event_time_range", None))
     limits = DecodeLimits(
@@ -242,6 +280,10 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         dlq_envelope=args.dlq_envelope,
         dlq_max_value_bytes=getattr(args, "dlq_max_value_bytes", ServeConfig.dlq_max_value_bytes),
         reload_interval_s=args.reload_interval,
+        explain_all=getattr(args, "explain_all", False),
+        shadow_model_dir=getattr(args, "shadow_model", None),
+        label_join_capacity=getattr(args, "label_join_capacity", ServeConfig.label_join_capacity),
+        label_horizon_days=getattr(args, "label_horizon_days", None),
     )
 
 

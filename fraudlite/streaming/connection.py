@@ -2,7 +2,8 @@
 
 Topics are created here (``ensure_serving_topics``), with their partition counts and configs, never
 implicitly by a send: the output topics get as many partitions as the input (idempotent outputs need
-them aligned), the changelog too (compacted). The client factories only fix the settings every scorer
+them aligned), the changelog too (compacted), and so does the shadow model's decisions topic when a
+shadow model is served. The client factories only fix the settings every scorer
 uses; ``clients.ScorerClients`` owns the clients' lifecycle.
 """
 
@@ -62,7 +63,7 @@ def ensure_serving_topics(settings: ClientSettings) -> tuple[dict[str, int], dic
     try:
         counts = ensure_topics(admin, [TopicSpec(topics.input, cfg.partitions)])
         n = counts[topics.input]
-        specs = [TopicSpec(t, n) for t in (topics.output, topics.alerts, topics.dlq)]
+        specs = [TopicSpec(t, n) for t in (topics.output, topics.alerts, topics.dlq, topics.shadow) if t]
         if topics.labels:
             specs.append(TopicSpec(topics.labels, cfg.partitions))
         if topics.changelog:

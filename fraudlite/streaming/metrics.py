@@ -267,6 +267,8 @@ class ScorerMetrics:
             self.stage_seconds.labels(stage)
         for kind in DECISION_KINDS:
             self.shadow_disagreements.labels(kind)
+        for reason in ("capacity", "horizon"):
+            self.label_join_evictions.labels(reason)
         self.healthy.set(1)
         if process:
             ProcessCollector(registry=r)
@@ -296,12 +298,22 @@ class ScorerMetrics:
         )
         self.labels_unmatched = Counter(
             "fraudlite_labels_unmatched_total",
-            "Labels of transactions this scorer holds no decision for (decided by another member, before "
-            "it started, or evicted from the bounded join).",
+            "Labels of this member's transactions (its partitions, after it took them over) that found no "
+            "decision: evicted from the bounded join, or never scored. Other members' labels are not counted.",
             registry=r,
         )
         self.label_join_entries = Gauge(
             "fraudlite_label_join_entries", "Decisions held waiting for their late label.", registry=r
+        )
+        self.label_join_bytes = Gauge(
+            "fraudlite_label_join_bytes", "Estimated bytes of the decisions the label join holds.", registry=r
+        )
+        self.label_join_evictions = Counter(
+            "fraudlite_label_join_evictions_total",
+            "Decisions dropped from the label join before their label came, by reason (capacity: the "
+            "join was full; horizon: older than the label horizon).",
+            ["reason"],
+            registry=r,
         )
         self.explained = Counter("fraudlite_explained_total", "Transactions given reason codes.", registry=r)
         self.shadow_info = Gauge(
@@ -347,13 +359,23 @@ class ScorerMetrics:
         loaded_at: float,
         form: str = "",
     ) -> None:
-        """Publish the model now being served (replaces the previous model's info series)."""
+        """Publish the model now being served (replaces the previous model's info series); its label
+        outcome counters start at 0."""
         self.model_info.clear()
         self.model_info.labels(version, model_type, ",".join(stages) or "none", form).set(1)
         self.model_bytes.clear()
         for role, n in bytes_by_role.items():
             self.model_bytes.labels(role).set(n)
         self.model_loaded_at.set(loaded_at)
+        for outcome in OUTCOMES:
+            self.label_outcomes.labels(outcome, version)
+
+    def set_shadow(self, version: str, form: str) -> None:
+        """Publish the shadow model (``streaming.shadow``); its label outcome counters start at 0."""
+        self.shadow_info.clear()
+        self.shadow_info.labels(version, form).set(1)
+        for outcome in OUTCOMES:
+            self.shadow_label_outcomes.labels(outcome, version)
 
     def set_lag(self, topic: str, lags: Mapping[int, int]) -> None:
         """Replace the lag series with ``{partition: messages behind}`` of the current assignment."""

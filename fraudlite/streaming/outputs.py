@@ -3,7 +3,11 @@
 Decision (and alert) value, UTF-8 JSON keyed by customer_id (docs/ARCHITECTURE.md, "Topics and messages")::
 
     {"tx_id", "customer_id", "score", "decision" ("fraud" | "legit"), "threshold", "model_version",
-     "scored_at" (ISO-8601 UTC, ms)}
+     "scored_at" (ISO-8601 UTC, ms)[, "reasons"]}
+
+``reasons`` (``streaming.explain``): 1-3 ``{"feature", "value", "contribution", "text"}``, largest
+contribution first, on every alert, and on decisions only with ``serve --explain-all``; a message without
+reasons has no ``reasons`` key at all.
 
 A DLQ record keeps the original key and value bytes; headers carry ``fraudlite.dlq.reason`` and
 ``fraudlite.source.topic``/``partition``/``offset``. With the envelope option the value is instead a
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -27,6 +31,7 @@ __all__ = [
     "FRAUD",
     "LEGIT",
     "encode_decisions",
+    "encode_decision",
     "dlq_headers",
     "dlq_envelope",
     "dlq_truncate",
@@ -39,7 +44,7 @@ MAX_DLQ_KEY_BYTES = 1024
 FRAUD, LEGIT = "fraud", "legit"
 
 
-class _Decision(msgspec.Struct, gc=False):
+class _Decision(msgspec.Struct, gc=False, omit_defaults=True):
     tx_id: str
     customer_id: str
     score: float
@@ -47,6 +52,7 @@ class _Decision(msgspec.Struct, gc=False):
     threshold: float
     model_version: str
     scored_at: str
+    reasons: Sequence | None = None  # of monitoring.reasons.Reason (dataclasses: msgspec encodes them)
 
 
 class _Envelope(msgspec.Struct, gc=False):
@@ -75,10 +81,12 @@ def encode_decisions(
     threshold: float,
     model_version: str,
     scored_at: str,
+    reasons: Mapping[int, Sequence] | None = None,
 ) -> tuple[list[bytes], np.ndarray]:
     """JSON decision messages of a batch and the boolean "fraud" mask (score >= threshold).
 
-    Scores are rounded to 6 decimals (float32 precision) so the JSON stays short.
+    Scores are rounded to 6 decimals (float32 precision) so the JSON stays short. ``reasons``: row index
+    -> that row's reasons (``streaming.explain.Explanations.between``); other rows have none.
     """
     scores = np.asarray(scores)
     fraud = scores >= threshold
@@ -88,7 +96,28 @@ def encode_decisions(
         _encode(_Decision(t, c, s, d, threshold, model_version, scored_at))
         for t, c, s, d in zip(tx_ids, customer_ids, rounded, labels, strict=True)
     ]
+    for i, why in (reasons or {}).items():
+        values[i] = encode_decision(
+            tx_ids[i], customer_ids[i], rounded[i], labels[i], threshold, model_version, scored_at, why
+        )
     return values, fraud
+
+
+def encode_decision(
+    tx_id: str,
+    customer_id: str,
+    score: float,
+    decision: str,
+    threshold: float,
+    model_version: str,
+    scored_at: str,
+    reasons: Sequence | None = None,
+) -> bytes:
+    """One decision (or alert) message (``score`` as rounded by ``encode_decisions``, ``decision`` its
+    label); ``reasons`` None: no ``reasons`` key."""
+    return _encode(
+        _Decision(tx_id, customer_id, score, decision, threshold, model_version, scored_at, reasons)
+    )
 
 
 def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:

@@ -45,7 +45,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from time import perf_counter
 
 import numpy as np
@@ -56,58 +55,29 @@ from prometheus_client import CollectorRegistry
 from fraudlite.features.online import OnlineFeatures, TerminalTable
 from fraudlite.kafkaio.clients import KafkaIOError
 from fraudlite.kafkaio.wire import TransactionDecoder
+from fraudlite.runtime.forms import one_blas_thread
 from fraudlite.streaming.assignment import PartitionRestorer, RebalanceListener
 from fraudlite.streaming.batch_features import batch_features
 from fraudlite.streaming.checkpoint import Checkpoint
 from fraudlite.streaming.clients import ScorerClients
 from fraudlite.streaming.config import ServeConfig
+from fraudlite.streaming.drift_watch import DriftWatch
+from fraudlite.streaming.explain import Explainer
 from fraudlite.streaming.flow import adapt_max_records, update_paused
 from fraudlite.streaming.health import BrokerHealth
+from fraudlite.streaming.label_outcomes import LabelOutcomes
 from fraudlite.streaming.metrics import ScorerMetrics
 from fraudlite.streaming.partition_state import PartitionBook
 from fraudlite.streaming.reload import LoadedModel, ModelReloader
 from fraudlite.streaming.reporting import ServeSummary, record_batch, record_gauges, start_metrics_endpoint
-from fraudlite.streaming.settings import (
-    CheckpointSettings,
-    ClientSettings,
-    OutputSettings,
-    RestoreSettings,
-    ScorerSettings,
-)
+from fraudlite.streaming.settings import scorer_settings
+from fraudlite.streaming.shadow import Shadow
 from fraudlite.streaming.state_store import ChangelogWriter
 from fraudlite.streaming.sync import EventTimeSync, Part
 
 __all__ = ["Scorer", "ServeSummary", "scorer_settings"]
 
 logger = logging.getLogger(__name__)
-
-
-def scorer_settings(config: ServeConfig) -> ScorerSettings:
-    """The settings each collaborator of a scorer gets (``settings``), from ``config``."""
-    cfg = config
-    topics = cfg.topics if cfg.state_changelog else replace(cfg.topics, changelog=None)
-    clients = ClientSettings(
-        bootstrap_servers=cfg.bootstrap_servers, security=cfg.security, client_id=cfg.client_id,
-        group_id=cfg.group_id, topics=topics, partitions=cfg.partitions, limits=cfg.limits,
-        exactly_once=cfg.exactly_once, transactional_id=cfg.transactional_id,
-        fallback_transactional_id=cfg.resolved_transactional_id(),
-        transaction_timeout_ms=cfg.transaction_timeout_ms, session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
-        auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.batch.max_records,
-        fetch_max_wait_ms=min(cfg.batch.max_ms, 500),
-    )  # fmt: skip
-    return ScorerSettings(
-        clients=clients,
-        outputs=OutputSettings(topics, cfg.idempotent_outputs, cfg.dlq_envelope, cfg.dlq_max_value_bytes),
-        checkpoint=CheckpointSettings(cfg.exactly_once, topics.changelog, cfg.changelog_interval_s),
-        restore=RestoreSettings(
-            topics,
-            idempotent=cfg.idempotent_outputs,
-            auto_offset_reset=cfg.auto_offset_reset,
-            max_records=cfg.batch.max_records,
-            timeout_s=cfg.transaction_timeout_ms / 1000 + 30,
-        ),
-    )
 
 
 class Scorer:
@@ -128,8 +98,10 @@ class Scorer:
         model: LoadedModel,
         registry: CollectorRegistry | None = None,
         reloader: ModelReloader | None = None,
+        shadow: LoadedModel | None = None,
     ) -> None:
         self.config = config
+        one_blas_thread()  # the scorer computes on one thread: the other core is the Kafka client's
         self.settings = scorer_settings(config)
         self.model = model
         self.reloader = reloader
@@ -137,6 +109,9 @@ class Scorer:
         self.metrics.set_model(
             model.version, model.model_type, model.stages, model.loaded_bytes(), model.loaded_at, model.form
         )
+        self.drift = DriftWatch(self.metrics)
+        self.explainer: Explainer | None = Explainer(self.metrics, config.explain_all)  # None: no reasons
+        self.shadow = None if shadow is None else Shadow(shadow, config.topics, self.metrics)
         self._set_thresholds()
         self.decoder = TransactionDecoder(config.limits)
         self._empty_state()
@@ -148,6 +123,7 @@ class Scorer:
         self._stop = threading.Event()
         self._needs_recovery = False
         self._rebalance = RebalanceListener(config.topics.input, self.metrics)
+        self.outcomes = LabelOutcomes(self.metrics, config.label_join(model.spec.delay_days), self._rebalance)
         self._http = None
         self.clients = ScorerClients(self.settings.clients)
         self._restorer: PartitionRestorer | None = None  # per session: over the current clients
@@ -235,6 +211,7 @@ class Scorer:
             cfg.bootstrap_servers, cfg.group_id, cfg.delivery, cfg.security.describe(),
         )  # fmt: skip
         self.clients.open(self.online.terminals, self.decoder, self._rebalance)
+        self.outcomes.attach(self.clients.feed, self.clients.partitions[cfg.topics.input])  # labels -> join
         self._restorer = PartitionRestorer(
             self.settings.restore, self.model.spec, self.decoder, self.metrics, self.online, self.book,
             self.clients,
@@ -368,13 +345,21 @@ class Scorer:
         t2 = perf_counter()
         clients.keep_alive()
         scores = model.scorer.score(x) if x is not None else np.zeros(0, dtype=np.float32)
+        self.drift.observe(x, scores)
         t3 = perf_counter()
+        why = self.explainer(model, x, scores) if self.explainer is not None else None
+        e = perf_counter() - t3  # the explain stage's own time: the stamps before it move by it
+        shadow = self.shadow.batch(x, parts, clients.partitions) if self.shadow is not None else None
+        moved = e + (shadow.seconds if shadow is not None else 0.0)  # the shadow's own time moves them too
         clients.keep_alive()
-        done = self.checkpoint.commit(parts, scores, model)
-        stamps = (t0, t1, t2, t3, done.sent_at, done.committed_at)
+        done = self.checkpoint.commit(parts, scores, model, why, shadow.send if shadow is not None else None)
+        stamps = (t0 + moved, t1 + moved, t2 + moved, t3 + moved, done.sent_at, done.committed_at)
         record_batch(
             self.metrics, self.summary, parts, scores, done.sent, stamps, time.time(), self.latency_sink
         )
+        if shadow is not None:
+            self.shadow.record(shadow, scores, model)
+        self.outcomes.record(parts, scores, model, shadow)
 
     def _adapt_batch_size(self, parts: list[Part], seconds: float) -> None:
         cfg = self.config
@@ -450,8 +435,12 @@ class Scorer:
     # -- between batches ------------------------------------------------------------------------------
 
     def _set_thresholds(self) -> None:
+        """Publish the model's thresholds and alert budget; watch its drift from now on."""
         self.metrics.threshold.labels("decision").set(self.model.threshold)
         self.metrics.threshold.labels("alert").set(self.model.alert_threshold)
+        budget = self.model.scorer.alert_budget_per_1k
+        self.metrics.alert_budget.set(float("nan") if budget is None else budget)
+        self.drift.use(self.model)
 
     def _swap_model(self) -> None:
         if self.reloader is None:

@@ -1,7 +1,7 @@
 """The scorer's settings as its collaborators see them: small frozen views, built once from a ServeConfig.
 
 Each collaborator gets only what it reads, so none of them depends on the whole ``ServeConfig`` (the
-scorer builds them: ``scorer.scorer_settings``):
+scorer builds them: ``scorer_settings``):
 
 * ``ClientSettings``: how the Kafka clients reach the broker and which topics they create
   (``connection``, ``clients``);
@@ -14,13 +14,20 @@ In all of them ``topics.changelog`` is None when the state changelog is off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fraudlite.kafkaio.security import KafkaSecurity
 from fraudlite.kafkaio.wire import DecodeLimits
-from fraudlite.streaming.config import Topics
+from fraudlite.streaming.config import ServeConfig, Topics
 
-__all__ = ["ClientSettings", "OutputSettings", "CheckpointSettings", "RestoreSettings", "ScorerSettings"]
+__all__ = [
+    "ClientSettings",
+    "OutputSettings",
+    "CheckpointSettings",
+    "RestoreSettings",
+    "ScorerSettings",
+    "scorer_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -110,9 +117,37 @@ class RestoreSettings:
 
 @dataclass(frozen=True)
 class ScorerSettings:
-    """All of the above, built together (``scorer.scorer_settings``)."""
+    """All of the above, built together (``scorer_settings``)."""
 
     clients: ClientSettings
     outputs: OutputSettings
     checkpoint: CheckpointSettings
     restore: RestoreSettings
+
+
+def scorer_settings(config: ServeConfig) -> ScorerSettings:
+    """The settings each collaborator of a scorer gets (``settings``), from ``config``."""
+    cfg = config
+    topics = cfg.topics if cfg.state_changelog else replace(cfg.topics, changelog=None)
+    clients = ClientSettings(
+        bootstrap_servers=cfg.bootstrap_servers, security=cfg.security, client_id=cfg.client_id,
+        group_id=cfg.group_id, topics=topics, partitions=cfg.partitions, limits=cfg.limits,
+        exactly_once=cfg.exactly_once, transactional_id=cfg.transactional_id,
+        fallback_transactional_id=cfg.resolved_transactional_id(),
+        transaction_timeout_ms=cfg.transaction_timeout_ms, session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
+        auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.batch.max_records,
+        fetch_max_wait_ms=min(cfg.batch.max_ms, 500),
+    )  # fmt: skip
+    return ScorerSettings(
+        clients=clients,
+        outputs=OutputSettings(topics, cfg.idempotent_outputs, cfg.dlq_envelope, cfg.dlq_max_value_bytes),
+        checkpoint=CheckpointSettings(cfg.exactly_once, topics.changelog, cfg.changelog_interval_s),
+        restore=RestoreSettings(
+            topics,
+            idempotent=cfg.idempotent_outputs,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_records=cfg.batch.max_records,
+            timeout_s=cfg.transaction_timeout_ms / 1000 + 30,
+        ),
+    )

@@ -10,7 +10,10 @@ processes own. So the table is fed from three sources, each record exactly once:
 * partitions other members own: read by the feed's group-less consumer, but only up to
   ``bound = d - delay_days`` (``advance``): records beyond it are held back and their partition paused,
   so a backlog far ahead of this scorer never pushes days it still needs out of the table;
-* the labels topic: read the same way (a label counts on its transaction's day).
+* the labels topic: read the same way (a label counts on its transaction's day). Each label the table
+  takes is also handed to ``on_labels`` (``DecodedLabels``, with tx and customer ids), if set: the
+  scorer joins it to the decision made for its transaction (``label_outcomes``). So labels reach the
+  join once each, when their transaction's day is ``<= d - delay_days``: after this member scored it.
 
 Per transactions partition, ``fed[p]`` is the next offset not yet in the table; a record below it is
 never added again (e.g. when the scorer re-processes a batch after an aborted transaction).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
@@ -30,7 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 from fraudlite.features.online import TerminalTable
 from fraudlite.features.spec import SECONDS_PER_DAY
 from fraudlite.kafkaio.clients import release_parked
-from fraudlite.kafkaio.wire import DecodedBatch, LabelDecoder, TransactionDecoder
+from fraudlite.kafkaio.wire import DecodedBatch, DecodedLabels, LabelDecoder, TransactionDecoder
 
 __all__ = ["TerminalFeed"]
 
@@ -48,6 +52,7 @@ class TerminalFeed:
         decoder: the scorer's transaction decoder (same limits => the same rows count).
         label_decoder: decoder of label messages.
         timeout_s: longest a catch-up waits for the topics' ends before going on with what it has.
+        on_labels: called with the labels the table takes, as it takes them (may be set later).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class TerminalFeed:
         decoder: TransactionDecoder,
         label_decoder: LabelDecoder,
         timeout_s: float = 30.0,
+        on_labels: Callable[[DecodedLabels], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.table = table
@@ -67,6 +73,7 @@ class TerminalFeed:
         self.decoder = decoder
         self.label_decoder = label_decoder
         self.timeout_s = timeout_s
+        self.on_labels = on_labels
         self.bound: int | None = None
         self.transactions = 0
         self.labels = 0
@@ -74,7 +81,8 @@ class TerminalFeed:
         self.partitions: list[TopicPartition] = []
         self.fed: dict[int, int] = {}
         self._owned: dict[int, int] = {}  # partition -> offset from which the scorer's batches feed it
-        # rows read but beyond the bound: (ts, terminal ids, labels or None, record offsets or None)
+        # rows read but beyond the bound: (ts, terminal ids, labels or None, record offsets or None,
+        # the decoded labels or None)
         self._pending: dict[TopicPartition, tuple] = {}
         self._reading: set[TopicPartition] = set()
 
@@ -106,7 +114,7 @@ class TerminalFeed:
         self._owned[partition] = start
         held = self._pending.pop(TopicPartition(self.transactions_topic, partition), None)
         if held is not None:
-            ts, terminals, _, offsets = held
+            ts, terminals, _, offsets, _ = held
             before = np.flatnonzero(offsets < start)
             if len(before):
                 self.table.add_transactions(ts[before], [terminals[i] for i in before.tolist()])
@@ -211,7 +219,7 @@ class TerminalFeed:
         if tp.topic != self.transactions_topic:
             labels = self.label_decoder.decode([r.value for r in records])
             self.invalid_labels += labels.n_invalid
-            self._apply(tp, labels.ts, labels.terminal_id, labels.label)
+            self._apply(tp, labels.ts, labels.terminal_id, labels.label, decoded=labels)
             return
         p = tp.partition
         fed, stop = self.fed.get(p, 0), gaps.get(p)
@@ -235,8 +243,11 @@ class TerminalFeed:
         terminals: list[str],
         labels: np.ndarray | None,
         offsets: np.ndarray | None = None,
+        decoded: DecodedLabels | None = None,
     ) -> None:
-        """Add the rows up to the bound to the table; hold the rest and pause ``tp`` if there are any."""
+        """Add the rows up to the bound to the table; hold the rest and pause ``tp`` if there are any.
+
+        ``decoded``: the labels' messages (rows of ``ts``), passed on to ``on_labels`` once taken."""
         assert self.bound is not None
         now = ts // SECONDS_PER_DAY <= self.bound
         rest = None
@@ -247,9 +258,11 @@ class TerminalFeed:
                 [terminals[i] for i in later.tolist()],
                 None if labels is None else labels[later],
                 None if offsets is None else offsets[later],
+                None if decoded is None else decoded.take(later),
             )
             ts, terminals = ts[idx], [terminals[i] for i in idx.tolist()]
             labels = None if labels is None else labels[idx]
+            decoded = None if decoded is None else decoded.take(idx)
         if len(ts):
             if labels is None:
                 self.table.add_transactions(ts, terminals)
@@ -257,6 +270,8 @@ class TerminalFeed:
             else:
                 self.table.add_labels(ts, terminals, labels)
                 self.labels += len(ts)
+                if self.on_labels is not None and decoded is not None:
+                    self.on_labels(decoded)
         if rest is not None:
             self._pending[tp] = rest
             self.consumer.pause(tp)

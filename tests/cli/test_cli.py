@@ -68,9 +68,42 @@ def test_train_writes_a_complete_model_dir(trained):
     manifest = json.loads((trained / "manifest.json").read_text())
     assert {e["role"] for e in manifest["files"].values()} == {"onnx", "spec"}  # what serves
     kinds = {e["role"]: e["kind"] for e in ModelDir.load(trained).entries().values()}
-    assert kinds == {"onnx": "serve", "spec": "serve", "weights": "train", "report": "doc"}
+    assert kinds == {"onnx": "serve", "spec": "serve", "weights": "train", "report": "doc", "plot": "doc"}
     assert manifest["data_window"]["train_start"] == "2026-01-31"
     assert 0 < manifest["threshold"] < 1
+    monitoring = manifest["monitoring"]  # calibrated scores, the drift reference, no budget unless asked
+    assert monitoring["calibration"]["method"] == "platt" and monitoring["calibration"]["a"] > 0
+    assert "reference" in monitoring and "alert_budget_per_1k" not in monitoring
+    report = json.loads((trained / "metrics.json").read_text())["calibration"]
+    assert report["ece_calibrated"] < report["ece_raw"]
+    assert (trained / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_alert_budget_sets_the_alert_threshold(small_data, tmp_path):
+    out = tmp_path / "budget"
+    r = run("train", "--data", str(small_data), "--train-start", "2026-01-31", "--train-end", "2026-02-27",
+            "--max-epochs", "2", "--alert-budget", "20/1k", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from fraudlite.compression.served import open_model
+    from fraudlite.data.transactions import load_transactions, parse_day, window_mask
+    from fraudlite.models.evaluation import features_for
+
+    served = open_model(out)
+    assert served.alert_budget_per_1k == 20.0
+    w = served.manifest["data_window"]
+    df = load_transactions(str(small_data), {})
+    valid = window_mask(df, parse_day(w["valid_start"], "v"), parse_day(w["valid_end"], "v"), "v")
+    scores = served.score(features_for(served.spec, df)[valid])
+    alerts_per_1k = 1000 * (scores >= served.manifest["alert_threshold"]).mean()
+    assert 15 <= alerts_per_1k <= 20  # at most the budget, and close to it
+
+
+def test_train_bad_alert_budget_exits_2_and_writes_nothing(small_data, tmp_path):
+    out = tmp_path / "bad"
+    r = run("train", "--data", str(small_data), "--train-start", "2026-01-31", "--train-end", "2026-02-27",
+            "--alert-budget", "5/week", "--out", str(out))  # fmt: skip
+    assert r.returncode == 2 and "--alert-budget" in r.stderr
+    assert not out.exists()
 
 
 def test_evaluate_prints_one_json_object(small_data, trained):

@@ -1,4 +1,5 @@
-"""TransactionDecoder: valid rows as columns, every invalid message with a reason, never an exception."""
+"""TransactionDecoder: valid rows as columns, every invalid message with a reason, never an exception;
+LabelDecoder: labels with the ids that join them to decisions."""
 
 from __future__ import annotations
 
@@ -145,3 +146,35 @@ def test_garbage_never_raises_and_every_message_is_accounted_for(values):
     assert len(out.ts) == len(out.customer_id) == len(out.terminal_id) == len(out.amount_cents) == n
     assert (out.amount_cents >= 0).all()
     assert all(0 < len(x) <= 128 for x in out.customer_id + out.terminal_id + out.tx_id)
+
+
+# -- labels ---------------------------------------------------------------------------------------------
+
+
+def label(**over) -> bytes:
+    msg = {"tx_id": "t1", "customer_id": "c1", "terminal_id": "m1", "timestamp": T0_MS, "label": 1}
+    msg.update(over)
+    return json.dumps({k: v for k, v in msg.items() if v is not ...}).encode()
+
+
+def test_labels_keep_tx_and_customer_ids_for_the_join():
+    from fraudlite.kafkaio.wire import LabelDecoder
+
+    values = [
+        label(),
+        label(tx_id=7, customer_id=42, label=0),  # integer ids, as the transaction decoder converts them
+        label(tx_id=..., customer_id=...),  # no ids: still a label for the terminal table
+        label(tx_id=[1], customer_id=True),  # unusable ids: the same
+        label(tx_id="x" * 129),  # longer than max_id_chars
+        label(label=2),  # invalid label: dropped with its ids
+        b"not json",
+    ]
+    out = LabelDecoder().decode(values)
+    assert out.n_invalid == 2 and len(out) == 5
+    assert out.tx_id == ["t1", "7", "", "", ""]
+    assert out.customer_id == ["c1", "42", "", "", "c1"]
+    assert out.label.tolist() == [1, 0, 1, 1, 1] and out.terminal_id == ["m1"] * 5
+    part = out.take(np.array([1, 4]))
+    assert (part.tx_id, part.customer_id, part.label.tolist(), part.ts.tolist()) == (
+        ["7", ""], ["42", "c1"], [0, 1], [T0_MS // 1000] * 2,
+    )  # fmt: skip

@@ -337,5 +337,9 @@ def test_windows_and_decision_rule():
         RetrainConfig(max_ap_drop=2)
     with pytest.raises(ConfigError, match="--recipe"):
         RetrainConfig(recipe="/nonexistent.toml")
+    with pytest.raises(ConfigError, match="--alert-budget"):
+        RetrainConfig(alert_budget="lots")
+    budgeted = RetrainConfig(alert_budget="300/day")
+    assert RetrainWindows.for_now(day(40), budgeted).train_config(budgeted).alert_budget == "300/day"
     with pytest.raises(DataError):
         run_retrain("unused", "unused.parquet", RetrainConfig(), frame=None, now_day=day(40))

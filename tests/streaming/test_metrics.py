@@ -51,6 +51,7 @@ def test_names_follow_conventions():
     m.set_model(
         "v1", "mlp", ["prune", "quantize"], {"manifest": 700, "compact": 1234, "spec": 56}, 1.0, "ort-dense"
     )
+    m.set_shadow("v2", "numpy-dense")
     m.set_lag("transactions", {0: 5, 1: -3})
     m.latency.observe_many(np.array([0.0002, 0.004]))
     m.scores.observe_many(np.array([0.1, 0.95]))

@@ -20,6 +20,8 @@ from fraudlite.streaming.serve import make_scorer, run_serve
 import fraudlite.streaming, fraudlite.kafkaio.broker
 from fraudlite.kafkaio import clients, security, wire
 from fraudlite.streaming import metrics, outputs, reload, serve, state_store, sync, terminal_feed
+from fraudlite.streaming import label_outcomes, shadow
+from fraudlite.monitoring import outcomes
 from fraudlite.features import online
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)))
 """

@@ -216,6 +216,32 @@ def test_labels_count_frauds_on_their_transaction_day_up_to_the_bound(make_feed,
 
 
 @integration
+def test_each_label_the_table_takes_goes_to_on_labels_once_with_its_ids(make_feed, topics, produce):
+    _, labels_topic = topics
+
+    def msg(n: int, day: int, value: int) -> bytes:
+        ts_ms = ((D0 + day) * SECONDS_PER_DAY + 60) * 1000
+        ids = {"tx_id": f"tx{n}", "customer_id": f"c{n}", "terminal_id": "T1", "timestamp": ts_ms}
+        return json.dumps({**ids, "label": value}).encode()
+
+    produce(labels_topic, 0, [msg(0, 0, 1), msg(1, 0, 0), b"{}", msg(2, 2, 1), msg(3, 3, 0)])
+    feed = make_feed()
+    got: list = []
+    feed.on_labels = got.append
+    feed.advance(D0)
+    assert [(d.tx_id, d.customer_id, d.label.tolist()) for d in got] == [
+        (["tx0", "tx1"], ["c0", "c1"], [1, 0])
+    ], "only the labels up to the bound, the invalid one not at all"
+    feed.advance(D0 + 1)
+    assert len(got) == 1, "held labels wait for their day"
+    feed.advance(D0 + 3)
+    assert [t for d in got for t in d.tx_id] == ["tx0", "tx1", "tx2", "tx3"], "each once, in order"
+    ts = [t for d in got for t in d.ts.tolist()]
+    assert ts[2:] == [(D0 + 2) * SECONDS_PER_DAY + 60, (D0 + 3) * SECONDS_PER_DAY + 60]
+    assert feed.labels == 4 and feed.invalid_labels == 1
+
+
+@integration
 def test_an_owned_partition_is_read_only_up_to_the_takeover_then_fed_by_batches(
     make_feed, topics, produce, consume_all
 ):
