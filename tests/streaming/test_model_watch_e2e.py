@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ from fraudlite.data.simulator import simulate
 from fraudlite.data.simulator_config import SimulatorConfig
 from fraudlite.data.transactions import load_transactions, parse_day, write_table
 from fraudlite.features.spec import FeatureSpec
+from fraudlite.kafkaio.broker import free_port
 from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
+from fraudlite.testing.reliability import metric, scrape
 
 N = 60_000
 SIM = {"n_customers": 2500, "n_terminals": 2500, "n_days": 50, "start_date": "2026-01-01", "seed": 5}
@@ -41,31 +42,11 @@ def setup(tmp_path_factory):
     return root, data, models
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _scrape(port: int) -> str:
-    import urllib.request
-
+def _ready(port: int) -> bool:
     try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        return metric(scrape(port), "fraudlite_scorer_ready") == 1
     except OSError:
-        return ""
-
-
-def _value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total, found = total + float(m.group(2)), True
-    return total if found else math.nan
+        return False
 
 
 def _read(bootstrap: str, topic: str, expected: int | None, timeout_s: float = 90.0) -> list[dict]:
@@ -99,7 +80,7 @@ def test_replay_with_late_labels_into_serve_with_a_shadow(setup, broker, tmp_pat
     root, data, models = setup
     suffix = tmp_path.name[-12:].replace("_", "-")
     topics = {k: f"watch-{k}-{suffix}" for k in ("input", "output", "alerts", "dlq", "labels", "shadow")}
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "fraudlite", "serve", "--model", str(models["served"].path),
@@ -110,7 +91,7 @@ def test_replay_with_late_labels_into_serve_with_a_shadow(setup, broker, tmp_pat
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while "fraudlite_scorer_ready 1.0" not in _scrape(port):
+        while not _ready(port):
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "serve never became ready"
             time.sleep(0.3)
@@ -122,10 +103,10 @@ def test_replay_with_late_labels_into_serve_with_a_shadow(setup, broker, tmp_pat
         # labels count once the stream's time passes their transaction's day + the label delay: those of
         # the first ~5 of the ~12 replayed days
         deadline = time.monotonic() + 60
-        while _value(_scrape(port), "fraudlite_label_outcomes_total") < 0.25 * N:
+        while metric(scrape(port), "fraudlite_label_outcomes_total") < 0.25 * N:
             assert time.monotonic() < deadline, "late labels never joined"
             time.sleep(0.5)
-        metrics = _scrape(port)
+        metrics = scrape(port)
         alerts = _read(broker.bootstrap, topics["alerts"], None, timeout_s=10)
         shadow = _read(broker.bootstrap, topics["shadow"], N)
     finally:
@@ -144,20 +125,20 @@ def test_replay_with_late_labels_into_serve_with_a_shadow(setup, broker, tmp_pat
         for r in reasons:
             assert r["feature"] in names and math.isfinite(r["value"]) and r["text"].strip()
     assert "reasons" not in decisions[0]  # decisions carry them only with --explain-all
-    assert _value(metrics, "fraudlite_explained_total") >= len(alerts)
+    assert metric(metrics, "fraudlite_explained_total") >= len(alerts)
     # a PSI gauge for every feature, and the score's
     for name in names:
-        assert math.isfinite(_value(metrics, "fraudlite_feature_drift_psi", feature=name)), name
-    assert math.isfinite(_value(metrics, "fraudlite_score_drift_psi"))
+        assert f"fraudlite_feature_drift_psi{{feature={name}}}" in metrics, name
+    assert "fraudlite_score_drift_psi{}" in metrics
     # late labels joined to this scorer's decisions: every outcome class that occurred is counted
-    outcomes = {o: _value(metrics, "fraudlite_label_outcomes_total", outcome=o)
+    outcomes = {o: metric(metrics, "fraudlite_label_outcomes_total", outcome=o)
                 for o in ("true_positive", "false_positive", "false_negative", "true_negative")}  # fmt: skip
     assert outcomes["true_negative"] > 0 and outcomes["true_positive"] + outcomes["false_negative"] > 0
     assert sum(outcomes.values()) >= 0.25 * N
     # the shadow scored every transaction, wrote one decision each, and has its own outcomes
-    assert _value(metrics, "fraudlite_shadow_scored_total") == N
+    assert metric(metrics, "fraudlite_shadow_scored_total") == N
     assert len(shadow) == N and {d["model_version"] for d in shadow} == {models["shadow"].version}
-    assert _value(metrics, "fraudlite_shadow_disagreements_total", kind="decision") > 0
-    assert _value(metrics, "fraudlite_shadow_score_delta_count") == N
-    assert _value(metrics, "fraudlite_shadow_label_outcomes_total") == sum(outcomes.values())
-    assert f'version="{models["shadow"].version}"' in metrics
+    assert metric(metrics, "fraudlite_shadow_disagreements_total", kind="decision") > 0
+    assert metric(metrics, "fraudlite_shadow_score_delta_count") == N
+    assert metric(metrics, "fraudlite_shadow_label_outcomes_total") == sum(outcomes.values())
+    assert metric(metrics, "fraudlite_shadow_model_info", version=models["shadow"].version) == 1
