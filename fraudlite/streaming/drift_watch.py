@@ -40,6 +40,8 @@ class DriftWatch:
     def use(self, model: LoadedModel) -> None:
         """Watch ``model`` from now on (a new window; the old model's gauges are dropped)."""
         self.metrics.feature_drift.clear()
+        self.metrics.score_drift.set(float("nan"))  # nothing measured against the new reference yet
+        self.metrics.drift_rows.set(0)
         reference = model.scorer.reference()
         if reference is None:
             logger.info("model %s has no training reference: no drift gauges", model.version)

@@ -50,6 +50,9 @@ PROMETHEUS_SYNTHETIC = frozenset(
     {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
 )
 
+#: The dashboard's interval variables -> their default (what we substitute to get plain PromQL).
+DASHBOARD_INTERVALS = {"label_window": "6h"}
+
 #: Grafana's built-in variables -> what we substitute to get plain PromQL.
 GRAFANA_BUILTINS = {
     "$__rate_interval": "1m",
@@ -192,7 +195,13 @@ def to_promql(expr: str, values: dict[str, str] | None = None, rate_interval: st
     """Substitute Grafana variables: built-ins from GRAFANA_BUILTINS (``rate_interval`` overrides
     ``$__rate_interval``), ``$name``/``${name}`` from ``values`` (default: regex match-all for every
     dashboard variable, "prometheus" for the datasource)."""
-    values = {"instance": ".*", "topic": ".*", "datasource": "prometheus", **(values or {})}
+    values = {
+        "instance": ".*",
+        "topic": ".*",
+        "datasource": "prometheus",
+        **DASHBOARD_INTERVALS,
+        **(values or {}),
+    }
     builtins = {**GRAFANA_BUILTINS, **({"$__rate_interval": rate_interval} if rate_interval else {})}
     for key, sub in builtins.items():
         expr = expr.replace(key, sub)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 
 from deploy_lib import (
+    DASHBOARD_INTERVALS,
     GRAFANA_PROVISIONING,
     dashboard_queries,
     iter_panels,
     load_dashboard,
     load_yaml,
+    rules,
     variable_queries,
 )
 
@@ -32,6 +34,18 @@ REQUIRED_PANELS = {
     "process CPU": r"^Process CPU$",
     "retrain runs": r"^Retrain runs by outcome$",
     "champion age": r"^Champion age$",
+    # issue 19: model health
+    "feature drift PSI per feature": r"^Feature drift \(PSI\) by feature$",
+    "feature drift top-k": r"^Most drifted features$",
+    "score PSI": r"^Score drift \(PSI\)$",
+    "realized precision and recall": r"^Realized alert precision and recall$",
+    "unmatched labels": r"^Unmatched labels$",
+    "shadow disagreement rate": r"^Shadow disagreement rate$",
+    "shadow score delta": r"^Shadow score delta$",
+    "shadow vs served realized precision": r"^Realized precision: shadow vs served$",
+    "explained rows/s": r"^Explained transactions$",
+    "explain stage time": r"^Explain stage time$",
+    "alert rate vs budget": r"^Alerts per 1,000 transactions vs budget$",
 }
 
 
@@ -58,6 +72,9 @@ def test_dashboard_templated_on_datasource_instance_topic():
         ("instance", "instance"),
         ("topic", "topic"),
     }
+    window = variables["label_window"]
+    assert window["type"] == "interval" and window["current"]["value"] == DASHBOARD_INTERVALS["label_window"]
+    assert DASHBOARD_INTERVALS["label_window"] in window["query"].split(",")
     # every scorer query is filtered by the instance variable; lag queries also by topic
     for q in dashboard_queries(d):
         if "fraudlite_champion" in q.expr or "fraudlite_retrain" in q.expr or q.expr.startswith("fraudlite:"):
@@ -111,6 +128,65 @@ def test_score_heatmap_reads_histogram_buckets():
     assert panel["type"] == "heatmap"
     (t,) = panel["targets"]
     assert t["format"] == "heatmap" and "fraudlite_score_bucket" in t["expr"] and "by (le)" in t["expr"]
+
+
+def _panel(title: str) -> dict:
+    (panel,) = [p for p in iter_panels(load_dashboard()) if p["title"] == title]
+    return panel
+
+
+def _rule(alert: str) -> dict:
+    (rule,) = [r for r in rules() if r.get("alert") == alert]
+    return rule
+
+
+def _threshold_line(panel: dict) -> float:
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] != "off", panel["title"]
+    (step,) = [s for s in defaults["thresholds"]["steps"] if s["value"] is not None]
+    return float(step["value"])
+
+
+def test_drift_panels_draw_the_alert_threshold():
+    """The dashed line on the drift panels is the threshold the drift alerts fire at."""
+    for title, alert in (
+        ("Feature drift (PSI) by feature", "FraudliteFeatureDrift"),
+        ("Score drift (PSI)", "FraudliteScoreDrift"),
+    ):
+        m = re.search(r"\)\s*>\s*([0-9.]+)\s*$", _rule(alert)["expr"].strip())
+        assert m, alert
+        assert _threshold_line(_panel(title)) == float(m.group(1)), title
+    (t,) = _panel("Most drifted features")["targets"]
+    assert t["expr"].startswith("topk(") and t["instant"], "top-k of the current PSI"
+
+
+def test_shadow_panel_draws_the_disagreement_threshold():
+    m = re.search(r">\s*([0-9.]+)\s*\n\s*and on \(\)", _rule("FraudliteShadowDisagreementHigh")["expr"])
+    assert m
+    assert _threshold_line(_panel("Shadow disagreement rate")) == float(m.group(1))
+
+
+def test_budget_panel_shows_the_alerting_multiple():
+    """The budget panel plots the budget and the multiple of it that FraudliteAlertBudgetExceeded fires at."""
+    m = re.search(
+        r">\s*([0-9.]+)\s*\*\s*max\(fraudlite_alert_budget_per_1k",
+        _rule("FraudliteAlertBudgetExceeded")["expr"],
+    )
+    assert m
+    exprs = [t["expr"] for t in _panel("Alerts per 1,000 transactions vs budget")["targets"]]
+    assert any(e.startswith(f"{m.group(1)} * max(fraudlite_alert_budget_per_1k") for e in exprs), exprs
+    assert "fraudlite:alerts_per_1k:rate1h" in exprs, "the series the alert compares"
+
+
+def test_realized_quality_panels_use_the_label_window():
+    """Late labels are sparse: precision and recall are taken over the label window, per model version."""
+    for title in ("Realized alert precision and recall", "Realized precision: shadow vs served"):
+        for t in _panel(title)["targets"]:
+            assert "[$label_window]" in t["expr"] and "by (model_version)" in t["expr"], (title, t["refId"])
+    shadow = _panel("Realized precision: shadow vs served")["targets"]
+    assert {"fraudlite_label_outcomes_total", "fraudlite_shadow_label_outcomes_total"} <= {
+        name for t in shadow for name in re.findall(r"fraudlite_\w+_total", t["expr"])
+    }
 
 
 def test_provisioning_files():

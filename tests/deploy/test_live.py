@@ -4,9 +4,11 @@ retrain scheduler, with traffic flowing on the embedded broker.
 One stack per module (about two minutes):
 
 * a transactions file ending today and a registry whose champion the product's own
-  ``fraudlite retrain --once`` trained on it;
-* ``fraudlite serve --registry`` (as deployed) and ``fraudlite retrain --schedule "* * * * *"`` (so a
-  scheduled run completes within a minute or two and the "last success" panels get data);
+  ``fraudlite retrain --once --alert-budget`` trained on it (so it carries calibration, a training
+  reference and an alert budget), plus a second model from ``fraudlite train`` as the shadow;
+* ``fraudlite serve --registry`` (as deployed) with ``--shadow-model`` and the labels topic (late labels
+  joined to decisions), and ``fraudlite retrain --schedule "* * * * *"`` (so a scheduled run completes
+  within a minute or two and the "last success" panels get data);
 * ``fraudlite replay`` at a steady rate with its late labels, plus a trickle of invalid messages;
 * ``prometheus`` on a free port scraping both as jobs ``fraudlite-scorer`` / ``fraudlite-retrain`` every
   second and evaluating ``deploy/prometheus/alerts.yml`` every second, with every ``for:`` removed so an
@@ -14,8 +16,11 @@ One stack per module (about two minutes):
 
 Checks: every metric name the dashboard and the rules use is in a live ``/metrics`` scrape; the k8s
 readiness probe and the compose healthcheck pass against the live scorer; every dashboard query and
-variable returns data through Prometheus's HTTP API; every rule evaluates without error; poison messages
-make FraudliteDLQRateHigh fire; stopping the scorer makes FraudliteScorerDown fire.
+variable returns data through Prometheus's HTTP API (the model-health rows included: drift, realized
+quality from late labels, the shadow, reason codes, the alert budget); the model-watch series are live
+(a PSI gauge for every feature, non-zero label outcomes, shadow and explained counts, the budget); every
+rule evaluates without error; poison messages make FraudliteDLQRateHigh fire; stopping the scorer makes
+FraudliteScorerDown fire.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RATE_INTERVAL = "15s"  # $__rate_interval for a 1 s scrape interval
 REPLAY_RATE = 100  # tx/s: the 27k-row file lasts ~4.5 minutes, longer than the module
+ALERT_BUDGET_PER_1K = 5.0  # the champion's and the shadow's: ~0.5 alerts/s at REPLAY_RATE
 SETUP_TIMEOUT_S = 90
 
 
@@ -72,6 +78,7 @@ class Stack:
         self.tmp = tmp
         self.procs: dict[str, Proc] = {}
         self.poison: PoisonProducer | None = None
+        self.shadow: Path | None = None
         self.scorer_port = free_port()
         self.retrain_port = free_port()
         self.prom_port = free_port()
@@ -149,14 +156,26 @@ def stack(broker, tmp_path_factory) -> Iterator[Stack]:
         recipe.write_text('[export]\nprecision = "fp32"\nstorage = "fp32"\n')
         registry = tmp / "registry"
         retrain_args = ["--registry", str(registry), "--data", str(data), "--train-days", "21", "--max-epochs", "2",
-                        "--recipe", str(recipe), "--max-ap-drop", "0.99"]  # fmt: skip
+                        "--recipe", str(recipe), "--max-ap-drop", "0.99",
+                        "--alert-budget", str(ALERT_BUDGET_PER_1K)]  # fmt: skip
         first = json.loads(
             run_checked(fraudlite("-q", "retrain", *retrain_args, "--once"), "fraudlite retrain --once")
         )
         assert first["decision"] == "promoted", f"no first champion: {first['reason']}"
+        # The shadow: another model on another window and seed (same feature spec), never registered.
+        today = datetime.now(UTC).date()
+        s.shadow = tmp / "shadow"
+        run_checked(
+            fraudlite("-q", "train", "--data", str(data), "--train-start", (today - timedelta(days=35)).isoformat(),
+                      "--train-end", (today - timedelta(days=8)).isoformat(), "--max-epochs", "2", "--seed", "11",
+                      "--alert-budget", str(ALERT_BUDGET_PER_1K), "--out", str(s.shadow)),
+            "fraudlite train (shadow)",
+        )  # fmt: skip
 
         suffix = os.urandom(3).hex()
-        topics = {name: f"e2e-{name}-{suffix}" for name in ("tx", "decisions", "alerts", "dlq", "labels")}
+        topics = {
+            name: f"e2e-{name}-{suffix}" for name in ("tx", "decisions", "alerts", "dlq", "labels", "shadow")
+        }
         s.topics = topics
         scorer = s.start(
             "scorer",
@@ -164,6 +183,7 @@ def stack(broker, tmp_path_factory) -> Iterator[Stack]:
                       "--input-topic", topics["tx"], "--output-topic", topics["decisions"],
                       "--alerts-topic", topics["alerts"], "--dlq-topic", topics["dlq"],
                       "--labels-topic", topics["labels"], "--group-id", f"e2e-{suffix}", "--partitions", "4",
+                      "--shadow-model", str(s.shadow), "--shadow-topic", topics["shadow"],
                       "--metrics-host", "127.0.0.1", "--metrics-port", str(s.scorer_port),
                       "--reload-interval", "1"),
         )  # fmt: skip
@@ -375,6 +395,59 @@ def test_every_dashboard_query_returns_data(stack):
     assert float(throughput[0]["value"][1]) > 0, "traffic is being scored"
     completed = stack.query('sum(fraudlite_retrain_runs_total{outcome=~"promoted|rejected"})')
     assert float(completed[0]["value"][1]) >= 1, "a scheduled retrain run completed"
+
+
+def test_model_watch_series_are_live(stack):
+    """What the model-health panels show is real: a PSI gauge for every model input, label outcomes joined
+    from the late labels, the shadow scoring (another version), reason codes given, the champion's budget."""
+    from fraudlite.modeldir import ModelDir
+
+    shadow = ModelDir.load(stack.shadow)
+    names = set(shadow.spec.names)  # the champion's spec too: a shadow with another spec is refused
+
+    def positive(expr: str) -> bool:
+        return any(float(r["value"][1]) > 0 for r in stack.query(expr))
+
+    checks = {
+        # over a few minutes: a hot swap (the scheduler promotes every minute) clears the gauges until the
+        # new model's window holds enough rows again
+        "a PSI gauge for every feature": lambda: (
+            {r["metric"]["feature"] for r in stack.query("last_over_time(fraudlite_feature_drift_psi[5m])")}
+            == names
+        ),
+        "labelled alerts": lambda: positive(
+            'sum(fraudlite_label_outcomes_total{outcome=~"true_positive|false_positive"})'
+        ),
+        "labelled non-alerts": lambda: positive(
+            'sum(fraudlite_label_outcomes_total{outcome="true_negative"})'
+        ),
+        "shadow label outcomes": lambda: positive("sum(fraudlite_shadow_label_outcomes_total)"),
+        "shadow-scored transactions": lambda: positive("sum(fraudlite_shadow_scored_total)"),
+        "explained transactions": lambda: positive("sum(fraudlite_explained_total)"),
+        "the alert budget": lambda: any(
+            float(r["value"][1]) == ALERT_BUDGET_PER_1K for r in stack.query("fraudlite_alert_budget_per_1k")
+        ),
+    }
+    pending = dict(checks)
+
+    def all_live():
+        for what, check in list(pending.items()):
+            if check():
+                del pending[what]
+        return not pending
+
+    try:
+        wait_for(all_live, 120, "the model-watch series", _procs(stack, "scorer", "prometheus"), 2)
+    except pytest.fail.Exception:
+        raise AssertionError(
+            f"not live: {sorted(pending)}\n" + "\n".join(p.tail(15) for p in stack.procs.values())
+        ) from None
+    (info,) = stack.query("fraudlite_shadow_model_info")
+    assert info["metric"]["version"] == shadow.version
+    served = {r["metric"]["version"] for r in stack.query("fraudlite_model_info")}
+    assert shadow.version not in served, "the shadow is not the served model"
+    outcomes = {r["metric"]["model_version"] for r in stack.query("fraudlite_label_outcomes_total")}
+    assert outcomes and shadow.version not in outcomes, "served outcomes are counted for the served versions"
 
 
 def test_dashboard_variables_have_values(stack):
