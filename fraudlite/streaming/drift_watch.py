@@ -40,8 +40,7 @@ class DriftWatch:
     def use(self, model: LoadedModel) -> None:
         """Watch ``model`` from now on (a new window; the old model's gauges are dropped)."""
         self.metrics.feature_drift.clear()
-        self.metrics.score_drift.set(float("nan"))  # nothing measured against the new reference yet
-        self.metrics.drift_rows.set(0)
+        self.metrics.drift_rows.set(0)  # the alert rules ignore a window this small: the score PSI is stale
         reference = model.scorer.reference()
         if reference is None:
             logger.info("model %s has no training reference: no drift gauges", model.version)
