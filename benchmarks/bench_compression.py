@@ -267,7 +267,9 @@ def run(workdir: Path) -> str:
     ort_static = quantize_static_onnx(source_onnx, Xt, method="minmax", per_channel=True)
     torch_q = torch_dynamic_quantize(teacher)
     valid_rows = X[-4096:]
-    compact_diff = float(np.max(np.abs(served.score_raw(valid_rows) - served.state.predict_proba(valid_rows))))
+    compact_diff = float(
+        np.max(np.abs(served.score_raw(valid_rows) - served.state.predict_proba(valid_rows)))
+    )
 
     onnx_models = {
         "fp32 ONNX (trained)": source_onnx,
