@@ -279,7 +279,7 @@ def test_no_labels_topic_or_zero_capacity_means_no_join(tmp_path):
 
     base = dict(bootstrap_servers="h:1", model_dir=tmp_path)
     assert ServeConfig(**base).label_join(7) == (200_000, 8 * SECONDS_PER_DAY)
-    assert ServeConfig(**base, label_horizon_days=30).label_join(7) == (1_000_000, 30 * SECONDS_PER_DAY)
+    assert ServeConfig(**base, label_horizon_days=30).label_join(7) == (200_000, 30 * SECONDS_PER_DAY)
     assert ServeConfig(**base, topics=Topics(labels=None)).label_join(7) is None
     assert ServeConfig(**base, label_join_capacity=0).label_join(7) is None
     off = LabelOutcomes(
