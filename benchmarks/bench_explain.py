@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -86,11 +84,9 @@ def worker_scorer(
 
 
 def _run_worker(*args: str, timeout: float = 900) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from bench_streaming import run_worker_script
+
+    return run_worker_script(__file__, *args, timeout=timeout)
 
 
 # -- driver ------------------------------------------------------------------------------------------------

@@ -183,12 +183,17 @@ def worker_produce(bootstrap: str, topic: str, n: int, rate: float, seed: int) -
 # -- driver ----------------------------------------------------------------------------------------------
 
 
-def _run_worker(*args: str, timeout: float = 600) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *args]
+def run_worker_script(script: str | Path, *args: str, timeout: float = 600) -> dict:
+    """Run ``script --worker ARGS`` in a fresh process; its last stdout line, parsed as JSON."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--worker", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {args[0]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_worker(*args: str, timeout: float = 600) -> dict:
+    return run_worker_script(__file__, *args, timeout=timeout)
 
 
 def _spawn_worker(*args: str, ready: Path | None = None) -> subprocess.Popen:
