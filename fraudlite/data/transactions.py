@@ -1,7 +1,8 @@
 """Loading and validating transaction files (CSV / Parquet) into one standard frame.
 
 The standard frame has columns ``tx_id`` (str), ``ts`` (int64 UTC epoch seconds), ``customer_id`` (str),
-``terminal_id`` (str), ``amount`` (float64) and, when present, ``label`` (int8), in file order. Every
+``terminal_id`` (str), ``amount`` (float64), when present ``label`` (int8) and, for each extra column asked
+for (``features.extras``), a column under its logical name holding its canonical values, in file order. Every
 problem is reported as a DataError naming the column and the first offending rows (1-based data rows,
 the header not counted).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fraudlite.errors import ConfigError, DataError
+from fraudlite.features.extras import ExtraColumn, canonical_values
 from fraudlite.features.offline import TransactionArrays
 from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec
 
@@ -35,8 +38,8 @@ LOGICAL_COLUMNS = ("tx_id", "timestamp", "customer_id", "terminal_id", "amount",
 _SHOWN = 5
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a .csv or .parquet file (by extension) as it is."""
+def read_table(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a .csv or .parquet file (by extension) as it is (a CSV's ids and ``text_columns`` as text)."""
     p = Path(path)
     if p.suffix.lower() not in (".csv", ".parquet"):
         raise DataError(f"{p}: unsupported file type {p.suffix!r} (use .csv or .parquet)")
@@ -44,9 +47,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"{p}: no such file")
     try:
         if p.suffix.lower() == ".csv":
-            return pd.read_csv(
-                p, dtype={"tx_id": str, "customer_id": str, "terminal_id": str}, low_memory=False
-            )
+            text = dict.fromkeys(("tx_id", "customer_id", "terminal_id", *text_columns), str)
+            return pd.read_csv(p, dtype=text, low_memory=False)
         return pd.read_parquet(p)
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: cannot be read as {p.suffix[1:].upper()} ({str(e).splitlines()[0]})") from e
@@ -86,15 +88,16 @@ def _rows(mask: np.ndarray, values: pd.Series | None = None) -> str:
     return f"{int(mask.sum())} row(s), first: {shown}{more}"
 
 
-def _resolve_columns(df: pd.DataFrame, columns: dict[str, str] | None, require_label: bool) -> dict[str, str]:
+def _resolve_columns(
+    df: pd.DataFrame, columns: dict[str, str] | None, require_label: bool, extra_names: Sequence[str] = ()
+) -> dict[str, str]:
     columns = dict(columns or {})
-    unknown = sorted(set(columns) - set(LOGICAL_COLUMNS))
+    known = (*LOGICAL_COLUMNS, *extra_names)
+    unknown = sorted(set(columns) - set(known))
     if unknown:
-        raise ConfigError(
-            f"--columns: unknown logical column(s) {unknown}; known: {', '.join(LOGICAL_COLUMNS)}"
-        )
+        raise ConfigError(f"--columns: unknown logical column(s) {unknown}; known: {', '.join(known)}")
     resolved = {}
-    for logical in LOGICAL_COLUMNS:
+    for logical in known:
         source = columns.get(logical, logical)
         if source in df.columns:
             resolved[logical] = source
@@ -136,15 +139,40 @@ def _parse_timestamps(col: pd.Series, name: str) -> np.ndarray:
     return seconds
 
 
+def _extra_values(col: pd.Series, column: ExtraColumn, source: str) -> np.ndarray:
+    """A file's column -> canonical values of an extra column; DataError naming the bad rows."""
+    raw = col.to_numpy(dtype=object)
+    if column.kind == "numeric" and not pd.api.types.is_numeric_dtype(col):
+        # A CSV column with some text is read as text: numbers written as text still count.
+        as_number = pd.to_numeric(col, errors="coerce").to_numpy(dtype=object)
+        raw = np.where(pd.isna(as_number) & col.notna().to_numpy(), raw, as_number)
+    values, bad = canonical_values(column, raw)
+    if bad.any():
+        what = {
+            "numeric": "non-numeric values",
+            "bool": "values that are not true/false, 1/0 or yes/no (or missing)",
+            "categorical": "values that are not text or numbers",
+        }[column.kind]
+        raise DataError(
+            f"column {source!r} ({column.kind} extra column {column.name}): {what} in {_rows(bad, col)}"
+        )
+    return values
+
+
 def load_transactions(
-    path: str | os.PathLike, columns: dict[str, str] | None = None, require_label: bool = False
+    path: str | os.PathLike,
+    columns: dict[str, str] | None = None,
+    require_label: bool = False,
+    extras: Sequence[ExtraColumn] = (),
 ) -> pd.DataFrame:
     """Load, map and validate a transactions file.
 
     Args:
         path: .csv or .parquet file.
-        columns: logical name -> the file's column name (unmapped names are looked up as they are).
+        columns: logical name -> the file's column name (unmapped names are looked up as they are);
+            the extra columns' names are logical names too.
         require_label: a missing ``label`` column is an error (training, evaluation).
+        extras: the extra columns to load (a model's ``FeatureSpec.extra_columns``, or declared ones).
 
     Returns:
         The standard frame (see module docstring), in file order.
@@ -153,8 +181,9 @@ def load_transactions(
         DataError: unreadable file, missing column, unparsable/invalid values, duplicate tx_id.
         ConfigError: an unknown logical name in ``columns``.
     """
-    raw = read_table(path)
-    cols = _resolve_columns(raw, columns, require_label)
+    text = [(columns or {}).get(c.name, c.name) for c in extras if c.kind == "categorical"]
+    raw = read_table(path, text_columns=text)
+    cols = _resolve_columns(raw, columns, require_label, [c.name for c in extras])
     if len(raw) == 0:
         raise DataError(f"{path}: no rows")
     out = pd.DataFrame(index=pd.RangeIndex(len(raw)))
@@ -186,6 +215,8 @@ def load_transactions(
                 f"column {cols['label']!r} (label): labels must be 0 or 1, got {_rows(bad, label_src)}"
             )
         out["label"] = label.astype(np.int8)
+    for c in extras:
+        out[c.name] = _extra_values(raw[cols[c.name]], c, cols[c.name])
     dup = out["tx_id"].duplicated(keep="first").to_numpy()
     if dup.any():
         raise DataError(f"column {cols['tx_id']!r} (tx_id): duplicate ids in {_rows(dup, out['tx_id'])}")
@@ -233,4 +264,5 @@ def to_arrays(spec: FeatureSpec, df: pd.DataFrame) -> TransactionArrays:
         df["terminal_id"].to_numpy(),
         df["amount"].to_numpy(),
         df["label"].to_numpy() if "label" in df else None,
+        {name: df[name].to_numpy() for name in spec.extra_names},
     )

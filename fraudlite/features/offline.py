@@ -6,10 +6,12 @@ Pure numpy: sorts once per entity and answers every window with ``searchsorted``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fraudlite.features.extras import encode_extras
 from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec, terminal_bit
 
 __all__ = ["TransactionArrays", "compute_features", "amount_to_cents"]
@@ -31,6 +33,7 @@ class TransactionArrays:
         terminal_bit: int64 ``terminal_bit(terminal_id, spec.bloom_bits)`` per row.
         amount_cents: int64 amounts in cents.
         label: int8 0/1 labels, or None when unknown (terminal risk is then 0).
+        extras: extra column name -> canonical values (``features.extras.canonical_values``).
     """
 
     ts: np.ndarray
@@ -39,6 +42,7 @@ class TransactionArrays:
     terminal_bit: np.ndarray
     amount_cents: np.ndarray
     label: np.ndarray | None = None
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -52,8 +56,10 @@ class TransactionArrays:
         terminal_id: np.ndarray,
         amount: np.ndarray,
         label: np.ndarray | None = None,
+        extras: Mapping[str, np.ndarray] | None = None,
     ) -> TransactionArrays:
-        """Build from raw columns: epoch seconds, string (or any) ids, float amounts, 0/1 labels."""
+        """Build from raw columns: epoch seconds, string (or any) ids, float amounts, 0/1 labels and the
+        extra columns' canonical values."""
         _, customer = np.unique(np.asarray(customer_id), return_inverse=True)
         terminals, terminal = np.unique(np.asarray(terminal_id).astype(str), return_inverse=True)
         bits = np.array([terminal_bit(t, spec.bloom_bits) for t in terminals], dtype=np.int64)
@@ -64,6 +70,7 @@ class TransactionArrays:
             terminal_bit=bits[terminal],
             amount_cents=amount_to_cents(amount),
             label=None if label is None else np.asarray(label, dtype=np.int8),
+            extras=dict(extras or {}),
         )
 
 
@@ -179,4 +186,8 @@ def compute_features(spec: FeatureSpec, tx: TransactionArrays) -> np.ndarray:
     out["is_weekend"] = (((tx.ts // SECONDS_PER_DAY) + 3) % 7 >= 5).astype(np.float64)
     _customer_block(spec, tx, out)
     _terminal_block(spec, tx, out)
-    return np.stack([out[name] for name in spec.names], axis=1).astype(np.float32)
+    builtin = np.stack([out[name] for name in spec.names[: spec.n_builtin_features]], axis=1)
+    if not spec.extra_columns:
+        return builtin.astype(np.float32)
+    extras = encode_extras(spec.extra_columns, tx.extras, n)
+    return np.concatenate([builtin, extras], axis=1).astype(np.float32)

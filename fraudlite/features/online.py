@@ -19,13 +19,14 @@ terminal window includes same-day transactions that come later, which no stream 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.customer_index import customer_keys
 from fraudlite.features.customer_state import CustomerState
+from fraudlite.features.extras import encode_extras
 from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec
 from fraudlite.features.terminal_table import TerminalTable
 
@@ -82,6 +83,7 @@ class OnlineFeatures:
         terminal_ids: Sequence[str],
         amount_cents: np.ndarray,
         update_terminals: bool = False,
+        extras: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Features of a batch of one partition, in stream order, updating the state.
 
@@ -92,6 +94,7 @@ class OnlineFeatures:
             amount_cents: int64 amounts in cents (``offline.amount_to_cents``).
             update_terminals: also count these transactions in the terminal table (when no separate
                 consumer feeds it from the transactions topic).
+            extras: the spec's extra columns, name -> canonical values (required when it has any).
 
         Returns:
             float32 (n, spec.n_features), columns in ``spec.names``.
@@ -129,9 +132,16 @@ class OnlineFeatures:
         else:
             order = np.argsort(day, kind="stable")
             groups = np.split(order, np.searchsorted(day[order], uniq[1:]))
+        c2 = spec.n_builtin_features
         for d, g in zip(uniq.tolist(), groups, strict=True):
             table.advance(d)
-            out[g, c1:] = table.features(d, rows[g])
+            out[g, c1:c2] = table.features(d, rows[g])
             if update_terminals:
                 table._add_rows("tx", rows[g], ts[g], np.ones(len(g), dtype=np.uint32))
+        if spec.extra_columns:
+            if extras is None:
+                raise DataError(
+                    f"the feature spec has extra columns ({', '.join(spec.extra_names)}); none given"
+                )
+            out[:, c2:] = encode_extras(spec.extra_columns, extras, n)
         return out.astype(np.float32)

@@ -18,6 +18,9 @@ Semantics (both implementations must follow them to the letter; a parity test ho
   terminal's transactions on days ``day-delay-w+1 .. day-delay`` -> count, and fraud risk = frauds /
   count (0 when empty). Nothing younger than the delay is used, so labels never leak.
 
+* Extra columns (``extra_columns``, ``fraudlite.features.extras``): a bank's own per-transaction
+  attributes, encoded row by row (no state), appended after the built-in inputs.
+
 Memory per entity online is fixed: customers keep ``max(customer_windows)`` day buckets, terminals keep
 ``max(terminal_windows) + delay_days`` day buckets.
 """
@@ -29,6 +32,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 from fraudlite.errors import ConfigError
+from fraudlite.features.extras import ExtraColumn
 
 __all__ = ["FeatureSpec", "terminal_bit", "SECONDS_PER_DAY"]
 
@@ -60,8 +64,15 @@ class FeatureSpec:
     bloom_bits: int = 64
     night_end_hour: int = 6
     version: int = field(default=1)
+    extra_columns: tuple[ExtraColumn, ...] = ()
 
     def __post_init__(self) -> None:
+        extras = tuple(
+            c if isinstance(c, ExtraColumn) else ExtraColumn.from_dict(c) for c in self.extra_columns
+        )
+        object.__setattr__(self, "extra_columns", extras)
+        if len({c.name for c in extras}) != len(extras):
+            raise ConfigError("extra_columns: each name once")
         object.__setattr__(self, "customer_windows", tuple(int(w) for w in self.customer_windows))
         object.__setattr__(self, "terminal_windows", tuple(int(w) for w in self.terminal_windows))
         for name in ("customer_windows", "terminal_windows"):
@@ -99,7 +110,19 @@ class FeatureSpec:
         ]
         for w in self.terminal_windows:
             names += [f"terminal_nb_tx_{w}d", f"terminal_risk_{w}d"]
+        for c in self.extra_columns:
+            names += c.input_names
         return names
+
+    @property
+    def n_builtin_features(self) -> int:
+        """The inputs computed from the six core columns (the extra columns' follow them)."""
+        return 4 + 2 * len(self.customer_windows) + 4 + 2 * len(self.terminal_windows)
+
+    @property
+    def extra_names(self) -> list[str]:
+        """The logical names of the extra columns (fields of a message, columns of a file)."""
+        return [c.name for c in self.extra_columns]
 
     @property
     def n_features(self) -> int:
@@ -108,6 +131,9 @@ class FeatureSpec:
     def to_dict(self, names: bool = True) -> dict:
         """The parameters, plus the derived ``names`` (a check when read back) unless ``names=False``."""
         d = asdict(self)
+        d["extra_columns"] = [c.to_dict() for c in self.extra_columns]
+        if not self.extra_columns:
+            del d["extra_columns"]  # a spec without them reads as before (and hashes as before)
         if names:
             d["names"] = self.names
         return d

@@ -259,10 +259,12 @@ def test_every_metric_used_is_exported_by_a_running_process(stack):
     """Dashboard + rules use only names a live scorer or retrain scheduler exports (or Prometheus adds).
 
     Some series appear only once the scorer has worked a little (consumer lag is published every few
-    seconds after an assignment), so the scrapes are repeated for a while before reporting what is missing.
+    seconds after an assignment; feature drift once its window holds 2,000 rows, ~20 s of replay at
+    REPLAY_RATE after the scorer is ready), so the scrapes are repeated for a while before reporting
+    what is missing.
     """
     used = used_metric_names()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while True:
         scorer = exported_names(stack.scorer_metrics_url)
         retrain = exported_names(stack.retrain_metrics_url)
