@@ -28,7 +28,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--columns",
         help="map logical columns to the file's: tx_id=SRC,timestamp=SRC,customer_id=SRC,terminal_id=SRC,"
-        "amount=SRC,label=SRC (unmapped names are taken as they are)",
+        "amount=SRC,label=SRC and the names of a model's extra columns (unmapped names are taken as they are)",
     )
 
 

@@ -28,7 +28,7 @@ def compress_command(
     check_max_ap_drop(max_ap_drop)
     parsed = load_recipe(recipe) if recipe else default_recipe()
     md = load_source(model)
-    df = load_transactions(data, columns, require_label=True)
+    df = load_transactions(data, columns, require_label=True, extras=md.spec.extra_columns)
     written = compress_model_dir(md, df, out, parsed, max_ap_drop, keep_training_files=keep_training_files)
     report = json.loads((written.path / reporting.REPORT_JSON).read_text())
     s = report["summary"]

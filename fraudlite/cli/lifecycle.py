@@ -58,6 +58,7 @@ def _retrain(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         compress=not args.no_compress,
         alert_budget=args.alert_budget,
+        extra_columns=args.extra_columns,
     )
 
 
@@ -134,6 +135,12 @@ def add_lifecycle(sub: argparse._SubParsersAction) -> None:
         "--alert-budget",
         help="alerts per 1,000 transactions (2.5) or per day (300/day): each new model's alert threshold "
         "(as for train)",
+    )
+    p.add_argument(
+        "--extra-columns",
+        metavar="NAME:KIND[,...]",
+        help="your own columns as model inputs (as for train) for the registry's first model; later runs "
+        "keep the champion's extra columns exactly (its vocabulary and hashing), so the scorer hot-swaps",
     )
     p.add_argument("--no-compress", action="store_true", help="register the trained model uncompressed")
     when = p.add_mutually_exclusive_group(required=True)

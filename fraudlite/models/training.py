@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from fraudlite.data.transactions import day_of, format_day, window_mask
 from fraudlite.errors import ConfigError, DataError
+from fraudlite.features.extras import ExtraColumn, fit_extra_columns
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ONNX_FILE, SPEC_FILE, ModelDir, write_model_dir
 from fraudlite.models.calibrate import monitoring_for, reference_rows, reliability_plot
@@ -20,7 +22,15 @@ from fraudlite.models.evaluation import evaluate_scores, features_for
 from fraudlite.models.metrics import choose_thresholds
 from fraudlite.monitoring.budget import parse_alert_budget
 
-__all__ = ["TrainConfig", "TrainingData", "prepare_training_data", "train_model", "write_trained_model"]
+__all__ = [
+    "default_valid_days",
+    "TrainConfig",
+    "training_spec",
+    "TrainingData",
+    "prepare_training_data",
+    "train_model",
+    "write_trained_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +38,12 @@ MODEL_TYPES = ("mlp", "teacher", "logreg", "hgb")
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.json"
 RELIABILITY_FILE = "reliability.png"
+
+
+def default_valid_days(window_days: int) -> int:
+    """The trailing validation days of a window without ``--valid-days``: a third, at least 1, at most 7
+    (so a 7-day window trains on 5 and validates on 2; 21 days and more keep a week)."""
+    return max(1, min(7, window_days // 3))
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class TrainConfig:
     train_end_day: int
     valid_start_day: int | None = None
     valid_end_day: int | None = None
-    valid_days: int = 7
+    valid_days: int | None = None  # None: ``default_valid_days`` of the window
     delay_days: int = 7
     model_type: str = "mlp"
     seed: int = 0
@@ -59,6 +75,10 @@ class TrainConfig:
         if self.delay_days < 1:
             raise ConfigError(
                 f"--delay-days must be >= 1 (labels of the same day are never known), got {self.delay_days}"
+            )
+        if self.valid_days is None:
+            object.__setattr__(
+                self, "valid_days", default_valid_days(self.train_end_day - self.train_start_day + 1)
             )
         if self.valid_days < 1:
             raise ConfigError(f"--valid-days must be >= 1, got {self.valid_days}")
@@ -84,7 +104,7 @@ class TrainConfig:
         if end < self.train_start_day:
             raise ConfigError(
                 f"the training window ({self.train_end_day - self.train_start_day + 1} days) must be longer than "
-                f"--valid-days {self.valid_days}"
+                f"--valid-days {self.valid_days} (give at least 2 days, or --valid-start/--valid-end)"
             )
         return self.train_start_day, end
 
@@ -120,6 +140,22 @@ def _two_classes(y: np.ndarray, what: str, start: int, end: int) -> None:
             f"{what} {format_day(start)}..{format_day(end)} has a single class ({n_fraud} frauds in {len(y)} rows); "
             "widen the window"
         )
+
+
+def training_spec(
+    df: pd.DataFrame,
+    config: TrainConfig,
+    extras: Sequence[ExtraColumn] = (),
+    source: Mapping[str, str] | None = None,
+) -> FeatureSpec:
+    """The feature spec of a training run: ``config``'s label delay and the declared extra columns fitted on
+    the training rows (``features.extras.fit_extra_columns``: a DataError names a column with a single
+    value; ``source`` maps names to the file's columns for that message)."""
+    if extras:
+        fit_start, fit_end = config.fit_window
+        rows = window_mask(df, fit_start, fit_end, "training window")
+        extras = fit_extra_columns(extras, {c.name: df[c.name].to_numpy()[rows] for c in extras}, source)
+    return FeatureSpec(delay_days=config.delay_days, extra_columns=tuple(extras))
 
 
 def prepare_training_data(df: pd.DataFrame, config: TrainConfig, spec: FeatureSpec) -> TrainingData:

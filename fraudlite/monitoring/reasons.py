@@ -246,4 +246,27 @@ def reason_text(name: str, value: float, reference: float) -> str:
             return f"terminal fraud rate over {span} {_pct(value)} (typical {_pct(reference)})"
         if entity == "terminal" and what == "nb_tx":
             return f"{_num(value)} transactions at this terminal over {span} (typical {_num(reference)})"
-    return f"{name} {_num(value)} (typical {_num(reference)})"
+    return _extra_text(name, value, reference) or f"{name} {_num(value)} (typical {_num(reference)})"
+
+
+def _extra_text(name: str, value: float, reference: float) -> str | None:
+    """An extra column's input (``features.extras``): ``NAME=VALUE`` (one-hot), ``NAME#i`` (hashed),
+    ``NAME_missing``; numeric and bool ones read as the generic ``NAME value (typical ...)``."""
+    on = value >= 0.5
+    column, sep, what = name.partition("=")
+    if sep:
+        share = f"(typical: {_pct(reference)} of transactions)"
+        if what == "<other>":
+            return f"{column} is a value not seen in training {share}" if on else f"{column} is a known value"
+        return f"{column} is {what} {share}" if on else f"{column} is not {what} {share}"
+    column, sep, bucket = name.rpartition("#")
+    if sep and bucket.isdigit():
+        where = f"{column} in hash bucket {bucket}"
+        return (
+            f"{where} (typical: {_pct(reference)} of transactions)"
+            if on
+            else f"{column} not in hash bucket {bucket}"
+        )
+    if name.endswith("_missing"):
+        return f"{name[: -len('_missing')]} missing" if on else f"{name[: -len('_missing')]} present"
+    return None

@@ -32,7 +32,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,11 +43,18 @@ import pandas as pd
 from fraudlite.compression.served import open_model
 from fraudlite.data.transactions import day_of, format_day, load_transactions, parse_day
 from fraudlite.errors import ConfigError, DataError, FraudliteError, IntegrityError, ModelDirError
+from fraudlite.features.extras import ExtraColumn, parse_extra_columns
 from fraudlite.features.spec import FeatureSpec
 from fraudlite.modeldir import ModelDir
 from fraudlite.models.evaluation import evaluate_window, features_for, score_frame
-from fraudlite.models.training import TrainConfig, TrainingData, prepare_training_data, train_model
-from fraudlite.pipeline.registry import Registry, file_lock
+from fraudlite.models.training import (
+    TrainConfig,
+    TrainingData,
+    prepare_training_data,
+    train_model,
+    training_spec,
+)
+from fraudlite.pipeline.registry import Registry, file_lock, read_champion
 from fraudlite.pipeline.retrain_config import RetrainConfig, RetrainWindows
 
 __all__ = [
@@ -138,7 +145,9 @@ def decide(
     )
 
 
-def load_training_frame(data: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
+def load_training_frame(
+    data: str | Path, columns: dict[str, str] | None = None, extras: Sequence[ExtraColumn] = ()
+) -> pd.DataFrame:
     """The standard frame from a transactions file, or from a label store directory (``fraudlite collect``)."""
     p = Path(data)
     if not p.exists():
@@ -146,10 +155,38 @@ def load_training_frame(data: str | Path, columns: dict[str, str] | None = None)
     if p.is_dir():
         if columns:
             raise ConfigError("--columns applies to a transactions file, not to a label store directory")
+        if extras:
+            raise ConfigError(
+                f"--data {p}: a label store holds the six core columns, not the extra columns "
+                f"{', '.join(c.name for c in extras)}; retrain this model from a transactions file"
+            )
         from fraudlite.pipeline.label_store import load_store
 
         return load_store(p)
-    return load_transactions(p, columns, require_label=True)
+    return load_transactions(p, columns, require_label=True, extras=extras)
+
+
+def retrain_extras(registry: str | Path, config: RetrainConfig) -> tuple[tuple[ExtraColumn, ...], bool]:
+    """The extra columns a retrain uses, and whether they are already fitted: the champion's exactly (so
+    its successor keeps the feature spec and the scorer hot-swaps to it), else ``--extra-columns``.
+
+    Raises:
+        ConfigError: ``--extra-columns`` names other columns or kinds than the champion has.
+    """
+    declared = parse_extra_columns(config.extra_columns)
+    version = read_champion(registry)
+    if version is None:
+        return declared, False
+    kept = Registry(registry).load(version, verify=False).spec.extra_columns
+    if config.extra_columns is not None and [(c.name, c.kind) for c in declared] != [
+        (c.name, c.kind) for c in kept
+    ]:
+        have = ",".join(f"{c.name}:{c.kind}" for c in kept) or "none"
+        raise ConfigError(
+            f"--extra-columns: the champion's extra columns are {have}; a retrain keeps them (the scorer "
+            "cannot hot-swap to other features): train and promote a model with the new ones instead"
+        )
+    return kept, True
 
 
 def _check_coverage(df: pd.DataFrame, windows: RetrainWindows, data: str | Path) -> None:
@@ -280,8 +317,8 @@ def run_retrain(
         check_recipe(config.recipe)
     windows = RetrainWindows.for_now(now_day, config)
     train_config = windows.train_config(config)
-    spec = FeatureSpec(delay_days=config.delay_days)
-    df = frame if frame is not None else load_training_frame(data, columns)
+    extras, fitted = retrain_extras(registry, config)
+    df = frame if frame is not None else load_training_frame(data, columns, extras)
     _check_coverage(df, windows, data)
     logger.info(
         "retrain: now=%s window=%s..%s comparison=%s..%s rows=%d",
@@ -292,6 +329,10 @@ def run_retrain(
         format_day(windows.valid_end),
         len(df),
     )
+    if fitted:
+        spec = FeatureSpec(delay_days=config.delay_days, extra_columns=extras)
+    else:
+        spec = training_spec(df, train_config, extras, source=columns)
     prepared = prepare_training_data(df, train_config, spec)  # DataError on empty / single-class windows
 
     root = Path(registry)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fraudlite.data.transactions import format_day
 from fraudlite.errors import ConfigError
+from fraudlite.features.extras import parse_extra_columns
 from fraudlite.models.training import MODEL_TYPES, TrainConfig
 from fraudlite.monitoring.budget import parse_alert_budget
 
@@ -29,6 +30,8 @@ class RetrainConfig:
         max_ap_drop: compression guardrail: largest AP drop compression may cost.
         min_ap: guardrail: a challenger below this AP on the comparison window is never promoted.
         model_type, seed, max_epochs, alert_budget: passed to training (see ``fraudlite train``).
+        extra_columns: ``--extra-columns`` of the first model; a registry with a champion keeps the
+            champion's (fitted) extra columns, so the scorer can hot-swap to every successor.
         recipe: compression recipe file (TOML) or None for the built-in one.
         compress: False registers the trained model uncompressed (``--no-compress``).
         k: k of card precision@k.
@@ -47,6 +50,7 @@ class RetrainConfig:
     k: int = 100
     compress: bool = True
     alert_budget: str | None = None
+    extra_columns: str | None = None  # "--extra-columns" of a first model; later ones keep the champion's
 
     def __post_init__(self) -> None:
         for name in ("train_days", "delay_days", "valid_days", "k"):
@@ -70,6 +74,7 @@ class RetrainConfig:
             raise ConfigError(f"--max-epochs must be >= 1, got {self.max_epochs}")
         if self.alert_budget is not None:
             parse_alert_budget(self.alert_budget)
+        parse_extra_columns(self.extra_columns)
         if self.recipe is not None and not Path(self.recipe).is_file():
             raise ConfigError(f"--recipe: no such file {self.recipe!r}")
 
