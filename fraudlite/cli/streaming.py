@@ -128,7 +128,16 @@ def add_streaming(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=9092, help="port, 0 = any free one (default 9092)")
     p.set_defaults(func=_broker)
 
-    p = sub.add_parser("replay", help="produce a transactions file to Kafka in time order (and late labels)")
+    p = sub.add_parser(
+        "replay",
+        help="produce a transactions file to Kafka in time order (and late labels)",
+        description="Each transaction goes out as one JSON message keyed by customer_id: tx_id, timestamp "
+        "(epoch ms), customer_id, terminal_id, amount, and every other column of the file under its own "
+        "name (so a model's --extra-columns reach serve; --columns NAME=SRC sends column SRC as NAME), "
+        "except label and the simulator's scenario. Values go as they are: empty -> null, numbers as "
+        "numbers, True/False as true/false, text as text (a CSV column is numeric only when every value "
+        'is a number without a leading zero: 0042 stays the text "0042").',
+    )
     add_data_args(p)
     p.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap servers, H:P[,H:P...]")
     p.add_argument("--topic", default="transactions", help="transactions topic (default transactions)")

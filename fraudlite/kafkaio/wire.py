@@ -5,13 +5,19 @@
 ``(index, reason)`` for every invalid message. It never raises on message content: anything a producer
 can send ends up either as a row or with one of ``REASONS``.
 
-Accepted message (docs/ARCHITECTURE.md, "Topics and messages"): a JSON object with ``tx_id``, ``timestamp`` (epoch milliseconds as a JSON
-number, a string of digits, or an ISO-8601 string; naive times are UTC), ``customer_id``,
-``terminal_id`` (strings or integers) and ``amount`` (a JSON number); unknown extra fields are ignored.
-Timestamps are floored to whole seconds; amounts become cents with numpy ``rint`` (half to even), the
-same rounding as ``fraudlite.features.offline.amount_to_cents``.
+Accepted message (docs/ARCHITECTURE.md, "Topics and messages"): a JSON object with ``tx_id``,
+``timestamp`` (epoch milliseconds as a JSON number, a string of digits, or an ISO-8601 string; naive
+times are UTC), ``customer_id``, ``terminal_id`` (strings or integers) and ``amount`` (a JSON number);
+unknown extra fields are ignored. Timestamps are floored to whole seconds; amounts become cents with
+numpy ``rint`` (half to even), the same rounding as ``fraudlite.features.offline.amount_to_cents``.
 
-The per-message Python work is one C-level ``msgspec`` decode; every check after that is vectorized.
+With ``extras`` (a model's ``FeatureSpec.extra_columns``) it also reads each extra column's field into
+canonical values (``features.extras.canonical_values``), ``DecodedBatch.extras``: numeric and categorical
+ones may be null or absent, a bool one not (``missing_field:<field>``); a wrong type (text in a numeric
+field, "maybe" in a bool one, a list or object, a number beyond float32) is ``bad_type:<field>``.
+
+The per-message Python work is one C-level ``msgspec`` decode (with extras, of a struct with one ``Any``
+field per extra column); every check after that is vectorized.
 """
 
 from __future__ import annotations
@@ -21,15 +27,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from fraudlite.errors import ConfigError
+from fraudlite.features.extras import ExtraColumn, canonical_values
 
 __all__ = [
     "REASONS",
+    "base_reason",
     "DecodeLimits",
     "DecodedBatch",
     "TransactionDecoder",
@@ -38,19 +47,25 @@ __all__ = [
     "timestamp_seconds",
 ]
 
-#: Every reason a message can be rejected for (the DLQ header value and the metric label).
+#: Every (base) reason a message can be rejected for: the metric label, the DLQ header (``base_reason``).
 REASONS: tuple[str, ...] = (
     "empty",  # null / zero-length value
     "oversize",  # longer than DecodeLimits.max_message_bytes
     "not_utf8",  # bytes that are not UTF-8
     "bad_json",  # not parseable as JSON (incl. NaN/Infinity literals outside amount/timestamp)
     "not_object",  # valid JSON but not an object
-    "missing_field",  # a required field is absent
+    "missing_field",  # a required field is absent (or an extra bool field absent / null)
     "bad_type",  # a field has the wrong JSON type (e.g. amount as a string, id as a float)
     "bad_id",  # empty or over-long tx/customer/terminal id
     "bad_amount",  # NaN, infinite, negative or above DecodeLimits.max_amount
     "bad_timestamp",  # unparseable, or outside DecodeLimits' [min, max] event-time bounds
 )
+
+
+def base_reason(reason: str) -> str:
+    """An extra column's reason names its field (the DLQ header ``bad_type:device_score``); this is its base
+    reason, one of ``REASONS`` (``bad_type``): what metrics label by (bounded cardinality)."""
+    return reason.partition(":")[0]
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class DecodedBatch:
         tx_id, customer_id, terminal_id: str per valid row.
         amount_cents: int64 cents.
         invalid: ``(position, reason)`` for every rejected message, ascending by position.
+        extras: the decoder's extra columns, name -> canonical values per valid row (empty without).
     """
 
     index: np.ndarray
@@ -116,6 +132,7 @@ class DecodedBatch:
     terminal_id: list[str]
     amount_cents: np.ndarray
     invalid: list[tuple[int, str]]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -126,11 +143,12 @@ class DecodedBatch:
         j = next((i for i, (pos, _) in enumerate(self.invalid) if pos >= n), len(self.invalid))
         head = DecodedBatch(
             self.index[:k], self.ts[:k], self.tx_id[:k], self.customer_id[:k], self.terminal_id[:k],
-            self.amount_cents[:k], self.invalid[:j],
+            self.amount_cents[:k], self.invalid[:j], {name: v[:k] for name, v in self.extras.items()},
         )  # fmt: skip
         tail = DecodedBatch(
             self.index[k:] - n, self.ts[k:], self.tx_id[k:], self.customer_id[k:], self.terminal_id[k:],
             self.amount_cents[k:], [(pos - n, r) for pos, r in self.invalid[j:]],
+            {name: v[k:] for name, v in self.extras.items()},
         )  # fmt: skip
         return head, tail
 
@@ -138,14 +156,12 @@ class DecodedBatch:
     def concat(first: DecodedBatch, second: DecodedBatch, n_first: int) -> DecodedBatch:
         """``second`` appended to ``first``, which decoded ``n_first`` input messages."""
         return DecodedBatch(
-            np.concatenate([first.index, second.index + n_first]),
-            np.concatenate([first.ts, second.ts]),
-            first.tx_id + second.tx_id,
-            first.customer_id + second.customer_id,
-            first.terminal_id + second.terminal_id,
-            np.concatenate([first.amount_cents, second.amount_cents]),
+            np.concatenate([first.index, second.index + n_first]), np.concatenate([first.ts, second.ts]),
+            first.tx_id + second.tx_id, first.customer_id + second.customer_id,
+            first.terminal_id + second.terminal_id, np.concatenate([first.amount_cents, second.amount_cents]),
             first.invalid + [(pos + n_first, r) for pos, r in second.invalid],
-        )
+            {name: np.concatenate([v, second.extras[name]]) for name, v in first.extras.items()},
+        )  # fmt: skip
 
 
 def timestamp_seconds(value: object) -> int | None:
@@ -175,7 +191,7 @@ def timestamp_seconds(value: object) -> int | None:
     return None
 
 
-def _decode_error_reason(value: bytes) -> str:
+def _decode_error_reason(value: bytes, extra_names: Sequence[str] = ()) -> str:
     """Why msgspec could not parse ``value`` (slow path, invalid messages only)."""
     try:
         text = value.decode("utf-8")
@@ -193,13 +209,14 @@ def _decode_error_reason(value: bytes) -> str:
     ts = obj.get("timestamp")
     if isinstance(ts, float) and not math.isfinite(ts):
         return "bad_timestamp"
-    return "bad_json"
+    bad = [name for name in extra_names if isinstance(obj.get(name), float) and not math.isfinite(obj[name])]
+    return f"bad_type:{bad[0]}" if bad else "bad_json"
 
 
 _decode_any = msgspec.json.Decoder().decode
 
 
-def _malformed_reason(value: bytes) -> str | None:
+def _malformed_reason(value: bytes, extra_names: Sequence[str] = ()) -> str | None:
     """Why ``value`` is not well-formed UTF-8 JSON at all, else None (slow path, invalid messages only).
 
     msgspec validates while it parses and stops at the first field of the wrong type, so a message such
@@ -208,7 +225,7 @@ def _malformed_reason(value: bytes) -> str | None:
     try:
         _decode_any(value)
     except msgspec.DecodeError:
-        return _decode_error_reason(bytes(value))
+        return _decode_error_reason(bytes(value), extra_names)
     try:
         bytes(value).decode("utf-8")  # msgspec accepts some invalid UTF-8 it never had to look at
     except UnicodeDecodeError:
@@ -216,14 +233,18 @@ def _malformed_reason(value: bytes) -> str | None:
     return None
 
 
-def _validation_reason(message: str) -> str:
-    """Map a msgspec ValidationError message to a reason."""
+def _validation_reason(message: str, extra_names: Sequence[str] = ()) -> str:
+    """Map a msgspec ValidationError message to a reason (``extra_names``: longest first)."""
     if "missing required field" in message:
         return "missing_field"
     _, sep, path = message.partition("at `$.")
     if not sep:
         return "not_object"
-    name = path.split("`", 1)[0].split(".", 1)[0].split("[", 1)[0]
+    path = path.split("`", 1)[0]
+    for extra in extra_names:  # only a number out of range fails an ``Any`` field
+        if path == extra or path.startswith((f"{extra}.", f"{extra}[")):
+            return f"bad_type:{extra}"
+    name = path.split(".", 1)[0].split("[", 1)[0]
     if "out of range" in message:
         if name == "amount":
             return "bad_amount"
@@ -268,12 +289,60 @@ def _timestamps(column: list) -> np.ndarray:
     return np.array([-1 if s is None else s for s in out], dtype=np.int64)
 
 
-class TransactionDecoder:
-    """Decodes and validates batches of transaction messages against ``DecodeLimits``."""
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FAST_TYPES = {"numeric": {float, int, type(None)}, "bool": {bool}, "categorical": {str, type(None)}}
 
-    def __init__(self, limits: DecodeLimits | None = None) -> None:
+
+def _canonical(column: ExtraColumn, raw: list) -> tuple[np.ndarray, np.ndarray]:
+    """``canonical_values`` (the common JSON types vectorized) that never raises: a value it cannot
+    convert (an integer beyond float range or too long to print) is bad, and so is a numeric one beyond
+    float32 range (no model input holds it)."""
+    kind, n, fast = column.kind, len(raw), set(map(type, raw)) <= _FAST_TYPES[column.kind]
+    try:
+        if fast and kind == "categorical":
+            return np.array(["" if x is None else x for x in raw], dtype=object), np.zeros(n, dtype=bool)
+        if fast:  # None -> NaN, bools -> 0/1
+            values, bad = np.array(raw, dtype=np.float64), np.zeros(n, dtype=bool)
+        else:
+            values, bad = canonical_values(column, raw)
+    except (OverflowError, ValueError):  # one value at a time
+        if n == 1:  # the unconvertible one: bad, with the placeholder
+            return canonical_values(column, [None])[0], np.ones(1, dtype=bool)
+        values, bad = (np.concatenate(a) for a in zip(*(_canonical(column, [x]) for x in raw), strict=True))
+    if kind == "numeric":
+        bad |= np.abs(values) > _FLOAT32_MAX
+    return values, bad
+
+
+def _extra_values(columns: Sequence[ExtraColumn], rows: list) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The extra fields of decoded rows -> (name -> canonical values, reason per row: "" when fine)."""
+    reason = np.full(len(rows), "", dtype=object)
+    values = {}
+    for i, c in enumerate(columns):
+        raw = list(map(attrgetter(f"x{i}"), rows))
+        values[c.name], bad = _canonical(c, raw)
+        for j in np.flatnonzero(bad).tolist():
+            x = raw[j]
+            missing = c.kind == "bool" and (x is None or (type(x) is str and not x.strip()))
+            reason[j] = reason[j] or f"{'missing_field' if missing else 'bad_type'}:{c.name}"
+    return values, reason
+
+
+class TransactionDecoder:
+    """Decodes and validates batches of transaction messages against ``DecodeLimits`` (by default
+    ``DecodeLimits()``), with the fields of ``extras`` (the served model's ``FeatureSpec.extra_columns``)."""
+
+    def __init__(self, limits: DecodeLimits | None = None, extras: Sequence[ExtraColumn] = ()) -> None:
         self.limits = limits or DecodeLimits()
-        self._decode = msgspec.json.Decoder(_Transaction).decode
+        self.extras = tuple(extras)
+        self._extra_names = sorted((c.name for c in self.extras), key=len, reverse=True)
+        struct = _Transaction
+        if self.extras:  # one Any field per extra column, x<i> renamed to its (any) JSON name
+            fields = [(f.name, f.type) for f in msgspec.structs.fields(_Transaction)]
+            fields += [(f"x{i}", Any, None) for i in range(len(self.extras))]
+            rename = {f"x{i}": c.name for i, c in enumerate(self.extras)}
+            struct = msgspec.defstruct("_TransactionWithExtras", fields, rename=rename, gc=False)
+        self._decode = msgspec.json.Decoder(struct).decode
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode one batch of raw message values.
@@ -286,7 +355,7 @@ class TransactionDecoder:
         """
         limits = self.limits
         max_bytes = limits.max_message_bytes
-        decode = self._decode
+        decode, names = self._decode, self._extra_names
         rows: list[_Transaction] = []
         positions: list[int] = []
         invalid: list[tuple[int, str]] = []
@@ -300,9 +369,11 @@ class TransactionDecoder:
                     rows.append(decode(value))
                     positions.append(i)
                 except msgspec.ValidationError as e:
-                    invalid.append((i, _malformed_reason(value) or _validation_reason(str(e))))
+                    invalid.append((i, _malformed_reason(value, names) or _validation_reason(str(e), names)))
                 except msgspec.DecodeError:
-                    invalid.append((i, _decode_error_reason(bytes(value))))
+                    invalid.append((i, _decode_error_reason(bytes(value), names)))
+                except RecursionError:  # nested deeper than msgspec follows (json.loads neither)
+                    invalid.append((i, "bad_json"))
 
         tx_id, bad_tx = _ids([r.tx_id for r in rows], limits.max_id_chars)
         customer_id, bad_customer = _ids([r.customer_id for r in rows], limits.max_id_chars)
@@ -315,19 +386,27 @@ class TransactionDecoder:
         bad_id = bad_tx | bad_customer | bad_terminal
         index = np.array(positions, dtype=np.int64)
         bad = bad_id | bad_ts | bad_amount
+        extras: dict[str, np.ndarray] = {}
+        if self.extras:
+            extras, extra_reason = _extra_values(self.extras, rows)
+            bad = bad | (extra_reason != "")
         if bad.any():
             for j in np.flatnonzero(bad).tolist():
-                reason = "bad_id" if bad_id[j] else "bad_timestamp" if bad_ts[j] else "bad_amount"
+                if bad_id[j] or bad_ts[j] or bad_amount[j]:
+                    reason = "bad_id" if bad_id[j] else "bad_timestamp" if bad_ts[j] else "bad_amount"
+                else:
+                    reason = extra_reason[j]
                 invalid.append((positions[j], reason))
             invalid.sort()
             keep = np.flatnonzero(~bad)
             index, ts, amount = index[keep], ts[keep], amount[keep]
+            extras = {name: v[keep] for name, v in extras.items()}
             pick = keep.tolist()
             tx_id = [tx_id[j] for j in pick]
             customer_id = [customer_id[j] for j in pick]
             terminal_id = [terminal_id[j] for j in pick]
         cents = np.rint(amount * 100.0).astype(np.int64)
-        return DecodedBatch(index, ts, tx_id, customer_id, terminal_id, cents, invalid)
+        return DecodedBatch(index, ts, tx_id, customer_id, terminal_id, cents, invalid, extras)
 
 
 class _Label(msgspec.Struct, gc=False):
@@ -388,7 +467,7 @@ class LabelDecoder:
             if value and len(value) <= limits.max_message_bytes:
                 try:
                     rows.append(self._decode(value))
-                except msgspec.MsgspecError:
+                except (msgspec.MsgspecError, RecursionError):
                     pass
         terminal_id, bad_terminal = _ids([r.terminal_id for r in rows], limits.max_id_chars)
         ts = _timestamps([r.timestamp for r in rows])

@@ -271,7 +271,9 @@ class PartitionRestorer:
             nonlocal count
             d = decode([r.value for r in records])
             if len(d):
-                scratch.compute(partition, d.ts, d.customer_id, d.terminal_id, d.amount_cents)
+                scratch.compute(
+                    partition, d.ts, d.customer_id, d.terminal_id, d.amount_cents, extras=d.extras
+                )
                 touched.update(dict.fromkeys(d.customer_id))
             count += len(records)
 

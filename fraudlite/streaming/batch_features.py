@@ -42,11 +42,11 @@ def batch_features(
         # unless some were counted before (a batch repeated after a rollback).
         counted = feed.is_new(tp.partition, records)
         if len(d):
-            features.append(
-                online.compute(
-                    tp.partition, d.ts, d.customer_id, d.terminal_id, d.amount_cents, update_terminals=counted
-                )
-            )
+            x = online.compute(
+                tp.partition, d.ts, d.customer_id, d.terminal_id, d.amount_cents,
+                update_terminals=counted, extras=d.extras,
+            )  # fmt: skip
+            features.append(x)
         feed.add_batch(tp.partition, records, d, counted=counted)
     if not valid:
         return None

@@ -23,7 +23,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from fraudlite.kafkaio.wire import REASONS
+from fraudlite.kafkaio.wire import REASONS, base_reason
 
 __all__ = [
     "ScorerMetrics",
@@ -152,7 +152,7 @@ class ScorerMetrics:
         )
         self.dlq = Counter(
             "fraudlite_dlq_messages_total",
-            "Invalid input messages sent to the DLQ, by reason.",
+            "Invalid input messages sent to the DLQ, by base reason (bad_type:<field> counts as bad_type).",
             ["reason"],
             registry=r,
         )
@@ -384,8 +384,9 @@ class ScorerMetrics:
             self.lag.labels(topic, str(partition)).set(max(0, int(lag)))
 
     def count_dlq(self, reasons: Iterable[str]) -> None:
+        """Count DLQ records by base reason (``bad_type:device_score`` counts as ``bad_type``)."""
         counts: dict[str, int] = {}
-        for reason in reasons:
+        for reason in map(base_reason, reasons):
             counts[reason] = counts.get(reason, 0) + 1
         for reason, n in counts.items():
             self.dlq.labels(reason).inc(n)

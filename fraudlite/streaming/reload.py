@@ -7,7 +7,10 @@ refused up front. ``ModelReloader`` polls a registry's champion pointer in a bac
 newly promoted version there (never on the scoring path) and hands it over; the scorer swaps it in
 between two batches, so every transaction is scored by exactly one model. A version that fails to load
 or verify is refused (logged, counted) and the current model keeps serving; it is retried only when the
-pointer changes again or a check is forced (SIGHUP).
+pointer changes again or a check is forced (SIGHUP). So is a version whose feature spec differs from the
+served one, its extra columns included (names, kinds and what was fitted: a retrained vocabulary or fill
+is another spec): the online state, the transaction decoder (which reads the spec's extra fields) and a
+shadow model all follow the spec the scorer started with, so changing features means a restart.
 
 Registry layout (``fraudlite.pipeline.registry``, light to import): ``DIR/champion`` holds the champion's
 version name, replaced atomically on promote/rollback; the version lives in ``DIR/versions/<name>``.
@@ -86,6 +89,20 @@ def _stages(manifest: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _extras_difference(served: FeatureSpec, other: FeatureSpec) -> str:
+    """`` (extra columns ...)`` when the specs differ in their extra columns, else ""."""
+    if served.extra_columns == other.extra_columns:
+        return ""
+    declared = (
+        [(c.name, c.kind) for c in served.extra_columns],
+        [(c.name, c.kind) for c in other.extra_columns],
+    )
+    if declared[0] == declared[1]:
+        return " (its extra columns were fitted on other data: fill, vocabulary or buckets)"
+    shown = [", ".join(f"{n}:{k}" for n, k in d) or "none" for d in declared]
+    return f" (extra columns {shown[1]}; served: {shown[0]})"
+
+
 def load_model(
     path: str | Path,
     threshold: float | None = None,
@@ -109,7 +126,8 @@ def load_model(
     md, spec = served.model_dir, served.spec
     if expected_spec is not None and spec != expected_spec:
         raise ModelDirError(
-            f"{md.path}: its feature spec differs from the one being served; restart the scorer to change features"
+            f"{md.path}: its feature spec differs from the one being served; restart the scorer to change "
+            f"features{_extras_difference(expected_spec, spec)}"
         )
     try:
         smoke = served.score(np.zeros((2, spec.n_features), dtype=np.float32))

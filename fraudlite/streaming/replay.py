@@ -1,6 +1,12 @@
 """``fraudlite replay``: produce a transactions file to Kafka in time order, with an optional late-label feed.
 
-Transactions go out as JSON keyed by ``customer_id``, sorted by time (ties keep file order). With a
+Transactions go out as JSON keyed by ``customer_id``, sorted by time (ties keep file order): the core
+fields (``tx_id``, ``timestamp`` in epoch ms, ``customer_id``, ``terminal_id``, ``amount``) and every
+other column of the file under its own name (``--columns NAME=SRC`` sends column SRC as NAME), so that a
+model's extra columns (``features.extras``) reach the scorer. Not sent: ``label`` and the simulator's
+``scenario`` (the label in disguise). Values go as they are: missing -> null, numbers as JSON numbers,
+bools as true/false, text as text; a CSV's other columns are read as text first and become numbers only
+when every value is one (so ``0042`` stays the text "0042"), bools when every value is True/False. With a
 labels topic, each transaction's label is emitted at stream time ``(day(tx) + delay) * 86400 - 1`` --
 the last second before the label becomes usable for terminal risk -- so labels are flushed before every
 transaction that comes after that moment, as a chargeback feed would deliver them. Labels still pending
@@ -12,9 +18,11 @@ pandas is imported lazily (through ``fraudlite.data.transactions``) so ``import 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,6 +46,119 @@ class _Transaction(msgspec.Struct):
     customer_id: str
     terminal_id: str
     amount: float
+
+
+#: Columns never sent: the label, and the simulator's scenario (the label in disguise).
+_NOT_SENT = frozenset({"label", "scenario"})
+_CORE = ("tx_id", "timestamp", "customer_id", "terminal_id", "amount")
+_NAME_OK = re.compile(r'^[^"\\\x00-\x1f]+$')  # what a JSON field name of a msgspec struct may hold
+_BOOL_TEXT = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _with_fields(names: list[str]) -> type:
+    """``_Transaction`` plus one field per other column, ``x<i>`` renamed to its name (any string)."""
+    fields = [(f.name, f.type) for f in msgspec.structs.fields(_Transaction)]
+    fields += [(f"x{i}", Any) for i in range(len(names))]
+    return msgspec.defstruct(
+        "_TransactionWithFields", fields, rename={f"x{i}": n for i, n in enumerate(names)}
+    )
+
+
+def _other_columns(path: str, columns: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(field, source column)`` of every column of the file sent beside the core fields, in file order."""
+    from fraudlite.data.transactions import LOGICAL_COLUMNS
+
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        header = [str(c) for c in _pandas().read_csv(p, nrows=0).columns]
+    else:
+        import pyarrow.parquet as pq
+
+        header = [n for n in pq.read_schema(p).names if not n.startswith("__index_level_")]
+    used = {columns.get(name, name) for name in LOGICAL_COLUMNS}
+    renamed = {src: name for name, src in columns.items() if name not in LOGICAL_COLUMNS}
+    absent = sorted(set(renamed) - set(header))
+    if absent:
+        raise DataError(
+            f"--columns: {', '.join(map(repr, absent))} not in {path}; it has: {', '.join(header)}"
+        )
+    out = []
+    for col in header:
+        name = renamed.get(col, col)
+        if (
+            col in used
+            or name in _NOT_SENT
+            or name in _CORE
+            or (col not in renamed and col in renamed.values())
+        ):
+            continue  # a core field's source, the label, or a name --columns gives another column
+        if not _NAME_OK.match(name):
+            logger.warning("replay: column %r not sent (quotes, backslashes or control characters)", name)
+            continue
+        out.append((name, col))
+    return out
+
+
+def _pandas():
+    import pandas as pd
+
+    return pd
+
+
+def _from_text(col) -> list:
+    """A CSV column read as text -> JSON values: bools or numbers when every value is one, else text."""
+    pd = _pandas()
+    present = col.notna().to_numpy()
+    text = col[present]
+    typed = text
+    if len(text) and text.isin(_BOOL_TEXT).all():
+        typed = text.map(_BOOL_TEXT)
+    elif len(text):
+        number = pd.to_numeric(text, errors="coerce")
+        integers = text.str.fullmatch(r"\s*[+-]?\d+\s*")
+        if (
+            number.notna().all()
+            and not text.str.match(r"\s*[+-]?0\d").any()  # a leading zero: an identifier
+            and not (number.dtype.kind == "f" and integers.all())  # integers beyond 64 bits
+        ):
+            typed = number
+    out = np.full(len(col), None, dtype=object)
+    out[present] = typed.to_numpy(dtype=object)
+    return out.tolist()
+
+
+def _plain(x: object) -> object:
+    """One typed value (Parquet) as JSON can carry it."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if type(x) in _PLAIN:
+        return None if isinstance(x, float) and x != x else x
+    if hasattr(x, "isoformat"):
+        return x.isoformat()
+    if isinstance(x, np.ndarray):
+        return [_plain(v) for v in x.tolist()]
+    return x if isinstance(x, list | dict) else str(x)
+
+
+def _from_typed(col) -> list:
+    values = col.astype(object).where(col.notna(), None).tolist()
+    if not set(map(type, values)) <= _PLAIN:
+        values = [_plain(x) for x in values]
+    return values
+
+
+def _other_values(path: str, sources: list[str], rows: np.ndarray) -> list[tuple]:
+    """Per replayed row (``rows``: file positions), the values of the other columns ``sources``."""
+    pd = _pandas()
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        frame = pd.read_csv(p, usecols=sources, dtype=str, low_memory=False)
+        lists = [_from_text(frame[c].iloc[rows]) for c in sources]
+    else:
+        frame = pd.read_parquet(p, columns=sources)
+        lists = [_from_typed(frame[c].iloc[rows]) for c in sources]
+    return list(zip(*lists, strict=True))
 
 
 class _Label(msgspec.Struct):
@@ -104,8 +225,8 @@ def emission_order(ts: np.ndarray, release: np.ndarray | None) -> tuple[np.ndarr
     return kinds[order], rows[order]
 
 
-def _select(frame, start: str | None, end: str | None, limit: int | None):
-    """Window by inclusive days, stable sort by time, keep the first ``limit`` rows."""
+def _select(frame, start: str | None, end: str | None, limit: int | None) -> np.ndarray:
+    """Window by inclusive days, stable sort by time, keep the first ``limit`` rows: their positions."""
     from fraudlite.data.transactions import format_day, parse_day
 
     ts = frame["ts"].to_numpy()
@@ -126,7 +247,7 @@ def _select(frame, start: str | None, end: str | None, limit: int | None):
     rows = rows[np.argsort(ts[rows], kind="stable")]
     if limit is not None:
         rows = rows[:limit]
-    return frame.iloc[rows].reset_index(drop=True)
+    return rows
 
 
 def _ensure_topics(admin, topics: list[str], partitions: int) -> list[str]:
@@ -197,7 +318,7 @@ def replay(
 
     Args:
         data: .csv or .parquet transactions file.
-        columns: logical column name -> the file's column name.
+        columns: logical column name -> the file's column name; another name -> the column sent under it.
         bootstrap_servers: ``host:port[,host:port]``.
         topic: transactions topic.
         rate: transactions per second; 0 = as fast as possible.
@@ -229,10 +350,18 @@ def replay(
     if labels_topic is not None and labels_topic == topic:
         raise ConfigError("--labels-topic must differ from --topic")
 
-    from fraudlite.data.transactions import load_transactions
+    from fraudlite.data.transactions import LOGICAL_COLUMNS, load_transactions
 
-    frame = load_transactions(data, dict(columns or {}), require_label=labels_topic is not None)
-    frame = _select(frame, start, end, limit)
+    columns = dict(columns or {})
+    logical = {k: v for k, v in columns.items() if k in LOGICAL_COLUMNS}
+    frame = load_transactions(data, logical, require_label=labels_topic is not None)
+    picked = _select(frame, start, end, limit)
+    frame = frame.iloc[picked].reset_index(drop=True)
+    others = _other_columns(data, columns)
+    extra = _other_values(data, [src for _, src in others], picked) if others else None
+    tx_struct = _with_fields([name for name, _ in others]) if others else _Transaction
+    if others:
+        logger.info("replay: fields beside the core ones: %s", ", ".join(name for name, _ in others))
     n = len(frame)
     ts = frame["ts"].to_numpy(dtype=np.int64)
     tx_ids = frame["tx_id"].tolist()
@@ -266,7 +395,12 @@ def replay(
             key = customers[i].encode("utf-8")
             if kind == 0:
                 pacer.wait(sent_tx)
-                value = encode(_Transaction(tx_ids[i], ts_ms[i], customers[i], terminals[i], amounts[i]))
+                if extra is None:
+                    value = encode(_Transaction(tx_ids[i], ts_ms[i], customers[i], terminals[i], amounts[i]))
+                else:
+                    value = encode(
+                        tx_struct(tx_ids[i], ts_ms[i], customers[i], terminals[i], amounts[i], *extra[i])
+                    )
                 send(topic, value=value, key=key, partition=tx_partition(key)).add_errback(on_error)
                 sent_tx += 1
                 if sent_tx % 1024 == 0:

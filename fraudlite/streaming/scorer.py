@@ -113,7 +113,8 @@ class Scorer:
         self.explainer: Explainer | None = Explainer(self.metrics, config.explain_all)  # None: no reasons
         self.shadow = None if shadow is None else Shadow(shadow, config.topics, self.metrics)
         self._set_thresholds()
-        self.decoder = TransactionDecoder(config.limits)
+        # Reads the spec's extra fields; a hot swap never changes the spec (``reload``), nor this decoder.
+        self.decoder = TransactionDecoder(config.limits, model.spec.extra_columns)
         self._empty_state()
         # changelog writers, customers changed since their last changelog record, outputs already there
         self.book = PartitionBook()

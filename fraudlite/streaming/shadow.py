@@ -1,7 +1,7 @@
 """The shadow model: a second model scoring the same batches as the served one, without deciding anything.
 
-``serve --shadow-model DIR`` loads it with the served model's feature spec (another spec: exit 2 naming
-the flag; its features could not be computed from the same online state) and the same threshold
+``serve --shadow-model DIR`` loads it with the served model's feature spec, extra columns included
+(another spec: exit 2 naming the flag; it scores the served model's feature rows) and the same threshold
 overrides a promoted model would get (``--threshold`` / ``--alert-threshold``, else its manifest's).
 Per batch, after the served model:
 

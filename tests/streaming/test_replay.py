@@ -266,3 +266,110 @@ def test_streaming_modules_import_neither_pandas_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- every other column goes out too (issue 17: a model's extra columns) --------------------------------
+
+
+@pytest.fixture
+def wide_frame():
+    """12 transactions with the core columns, a label, a scenario and columns of every kind."""
+    n = 12
+    return pd.DataFrame(
+        {
+            "tx_id": [f"w{i:02d}" for i in range(n)],
+            "timestamp": (T0 + np.arange(n) * 60) * 1000,
+            "customer_id": [f"C{i % 3}" for i in range(n)],
+            "terminal_id": [f"T{i % 4}" for i in range(n)],
+            "amount": np.round(np.linspace(1, 100, n), 2),
+            "label": [i % 5 == 0 for i in range(n)],
+            "scenario": ["legit"] * n,
+            "merchant": [f"{i % 4:04d}" for i in range(n)],  # leading zeros: text
+            "mcc": [5411, 5812] * (n // 2),
+            "device.score": [None if i % 4 == 0 else i / 16 for i in range(n)],
+            "card_present": ["yes", "no"] * (n // 2),
+            "flag": [True, False, True] * (n // 3),
+            "note": ['a "quoted", text', "plain"] * (n // 2),
+            "dev_sc": np.linspace(0, 1, n),
+            "empty": [None] * n,
+            "big": ["123456789012345678901234"] * n,  # beyond 64 bits: text
+        }
+    )
+
+
+def _expected(frame: pd.DataFrame, row: int) -> dict:
+    r = frame.iloc[row]
+    score = r["device.score"]
+    return {
+        "tx_id": r["tx_id"], "timestamp": int(r["timestamp"]), "customer_id": r["customer_id"],
+        "terminal_id": r["terminal_id"], "amount": float(r["amount"]), "merchant": r["merchant"],
+        "mcc": int(r["mcc"]), "device.score": None if pd.isna(score) else float(score),
+        "card_present": r["card_present"], "flag": bool(r["flag"]), "note": r["note"],
+        "device_score": float(r["dev_sc"]), "empty": None, "big": r["big"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_every_other_column_goes_out_under_its_name(broker, consume_all, tmp_path, wide_frame, suffix):
+    path = tmp_path / f"wide{suffix}"
+    if suffix == ".csv":
+        wide_frame.to_csv(path, index=False)
+    else:
+        wide_frame.to_parquet(path, index=False)
+    topic = f"tx-{time.monotonic_ns()}"
+    result = replay(str(path), {"device_score": "dev_sc"}, bootstrap_servers=broker.bootstrap, topic=topic)
+    assert result.transactions == len(wide_frame)
+    msgs = {m["tx_id"]: m for m in _decode(consume_all(topic, min_count=len(wide_frame)))}
+    assert len(msgs) == len(wide_frame)
+    for i, tx_id in enumerate(wide_frame["tx_id"]):
+        assert msgs[tx_id] == _expected(wide_frame, i)
+        assert list(msgs[tx_id])[:5] == ["tx_id", "timestamp", "customer_id", "terminal_id", "amount"]
+
+
+def test_typed_columns_of_a_parquet_file_become_json(broker, consume_all, tmp_path, wide_frame):
+    frame = wide_frame[["tx_id", "timestamp", "customer_id", "terminal_id", "amount"]].copy()
+    frame["when"] = pd.to_datetime(T0 + np.arange(len(frame)), unit="s", utc=True)
+    frame["count"] = pd.array([None if i % 3 == 0 else i for i in range(len(frame))], dtype="Int64")
+    frame["kind"] = pd.Categorical(["a", "b"] * (len(frame) // 2))
+    frame["ratio"] = np.float32(0.5)
+    path = tmp_path / "typed.parquet"
+    frame.to_parquet(path, index=False)
+    topic = f"tx-{time.monotonic_ns()}"
+    replay(str(path), bootstrap_servers=broker.bootstrap, topic=topic)
+    msgs = {m["tx_id"]: m for m in _decode(consume_all(topic, min_count=len(frame)))}
+    for i, tx_id in enumerate(frame["tx_id"]):
+        m = msgs[tx_id]
+        assert pd.Timestamp(m["when"]) == frame["when"][i]
+        assert m["count"] == (None if i % 3 == 0 else i) and m["kind"] == "ab"[i % 2] and m["ratio"] == 0.5
+
+
+def test_other_columns_serve_decodes_them_like_the_offline_path(broker, consume_all, tmp_path, wide_frame):
+    from fraudlite.data.transactions import load_transactions
+    from fraudlite.features.extras import ExtraColumn
+    from fraudlite.kafkaio.wire import TransactionDecoder
+
+    path = tmp_path / "wide.csv"
+    wide_frame.to_csv(path, index=False)
+    extras = (
+        ExtraColumn("merchant", "categorical", vocabulary=("0000", "0001")),
+        ExtraColumn("mcc", "categorical", vocabulary=("5411", "5812")),
+        ExtraColumn("device.score", "numeric"),
+        ExtraColumn("card_present", "bool"),
+        ExtraColumn("flag", "bool"),
+        ExtraColumn("device_score", "numeric"),
+    )
+    topic = f"tx-{time.monotonic_ns()}"
+    columns = {"device_score": "dev_sc"}
+    replay(str(path), columns, bootstrap_servers=broker.bootstrap, topic=topic, partitions=1)
+    online = TransactionDecoder(extras=extras).decode([r.value for r in consume_all(topic, min_count=12)])
+    offline = load_transactions(path, columns, extras=extras)
+    assert online.invalid == [] and online.tx_id == offline["tx_id"].tolist()
+    for c in extras:
+        np.testing.assert_array_equal(online.extras[c.name], offline[c.name].to_numpy(), err_msg=c.name)
+
+
+def test_a_missing_column_mapped_by_columns_is_a_data_error(tmp_path, wide_frame):
+    path = tmp_path / "wide.csv"
+    wide_frame.to_csv(path, index=False)
+    with pytest.raises(DataError, match="'nowhere' not in"):
+        replay(str(path), {"device_score": "nowhere"}, bootstrap_servers="127.0.0.1:1")
