@@ -29,6 +29,8 @@ SECTIONS = [
     "bench_retrain",
     "bench_reliability",
     "bench_explain",
+    "bench_wide",
+    "bench_extras",
 ]
 EXTRA = [
     "bench_soak",  # `make soak`, ten minutes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fraudlite.cli.common import add_data_args, parse_columns
+from fraudlite.cli.train_streamed import add_out_of_core_args
 
 __all__ = ["add_foundation"]
 
@@ -20,11 +21,13 @@ def _generate(args: argparse.Namespace) -> int:
         start_date=args.start_date,
         seed=args.seed,
         drift_day=args.drift_day,
+        extra_attributes=args.extra_attributes,
     )
 
 
 def _train(args: argparse.Namespace) -> int:
     from fraudlite.cli.foundation_commands import train
+    from fraudlite.cli.train_streamed import stream_config
 
     return train(
         data=args.data,
@@ -40,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_epochs=args.max_epochs,
         alert_budget=args.alert_budget,
+        extra_columns=args.extra_columns,
+        stream=stream_config(args),
     )
 
 
@@ -95,6 +100,18 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--drift-day", type=int, help="day index from which a new fraud scenario appears")
+    p.add_argument(
+        "--extra-attributes",
+        action="store_true",
+        help="add a bank's own signals after the core columns: mcc (merchant category code, 4-digit text), "
+        "channel (pos, ecom, atm, moto), country (ISO-2), card_present (true/false), device_score (0..1, "
+        "empty when the card is present) and merchant_id (hundreds of values). Some fraud scenarios leave "
+        "a trace in them that the core columns do not show (stolen cards and card testing mostly online "
+        "with high device scores, often abroad; takeovers abroad on new devices); the core columns, label "
+        "and scenario stay exactly as without the flag. Train on them with --extra-columns "
+        "mcc:categorical,channel:categorical,country:categorical,card_present:bool,device_score:numeric,"
+        "merchant_id:categorical",
+    )
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("train", help="train a fraud model and write a model directory")
@@ -103,7 +120,11 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-end", required=True, help="last training day, YYYY-MM-DD (inclusive)")
     p.add_argument("--valid-start", help="first validation day (default: last --valid-days of the window)")
     p.add_argument("--valid-end", help="last validation day (default: --train-end)")
-    p.add_argument("--valid-days", type=int, default=7, help="validation days at the window end (default 7)")
+    p.add_argument(
+        "--valid-days",
+        type=int,
+        help="validation days at the window end (default: a third of the window, at least 1, at most 7)",
+    )
     p.add_argument("--delay-days", type=int, default=7, help="label delay in days (default 7)")
     p.add_argument(
         "--model-type", choices=["mlp", "teacher", "logreg", "hgb"], default="mlp", help="model (default mlp)"
@@ -115,6 +136,16 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
         help="alerts the team can investigate: per 1,000 transactions (2.5 or 2.5/1k) or per day (300/day); "
         "sets the alert threshold from the validation window (default: the 0.9-precision point)",
     )
+    p.add_argument(
+        "--extra-columns",
+        metavar="NAME:KIND[,...]",
+        help="your own columns as model inputs, KIND numeric | categorical | bool (true/false, 1/0, yes/no): "
+        "numeric -> the value (missing: the training median) + a missing indicator; categorical -> one-hot "
+        "over the training values (<= 32, plus one for unseen ones) or hashed into 64 buckets, or N with "
+        "NAME:categorical:N; recorded in the model's feature spec, so evaluate, score, compress, retrain "
+        "and serve read them by name (map file columns with --columns NAME=SRC)",
+    )
+    add_out_of_core_args(p)
     p.add_argument("--out", required=True, help="model directory to write (atomically)")
     p.set_defaults(func=_train)
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fraudlite.cli.train_streamed import train_out_of_core
 from fraudlite.compression.served import open_model
-from fraudlite.data.transactions import load_transactions, parse_day, write_table
+from fraudlite.data.transactions import format_day, load_transactions, parse_day, write_table
 from fraudlite.errors import ConfigError, DataError
-from fraudlite.features.spec import FeatureSpec
+from fraudlite.features.extras import parse_extra_columns
 from fraudlite.models.evaluation import evaluate_window, features_for, score_frame
-from fraudlite.models.training import TrainConfig, prepare_training_data, train_model
+from fraudlite.models.streamed import StreamConfig, should_stream
+from fraudlite.models.training import TrainConfig, prepare_training_data, train_model, training_spec
 
 __all__ = ["generate", "train", "evaluate", "score"]
 
@@ -31,8 +33,10 @@ def generate(
     start_date: str,
     seed: int,
     drift_day: int | None = None,
+    extra_attributes: bool = False,
 ) -> int:
-    """Simulate a dataset and write it (.csv or .parquet) atomically."""
+    """Simulate a dataset and write it (.csv or .parquet) atomically; ``extra_attributes`` adds the
+    columns of ``fraudlite.data.attributes`` (a CSV writes ``card_present`` as true/false)."""
     from fraudlite.data.simulator import SimulatorConfig, simulate
 
     if Path(out).suffix.lower() not in (".csv", ".parquet"):
@@ -45,9 +49,12 @@ def generate(
         start_date=start_date,
         seed=seed,
         drift_day=drift_day,
+        extra_attributes=extra_attributes,
     )
     t0 = time.perf_counter()
     df = simulate(config, progress=lambda msg: logger.info("generate: %s", msg))
+    if extra_attributes and Path(out).suffix.lower() == ".csv":
+        df["card_present"] = np.where(df["card_present"].to_numpy(), "true", "false")
     write_table(df, out)
     seconds = time.perf_counter() - t0
     n_fraud = int(df["label"].sum())
@@ -71,14 +78,18 @@ def train(
     out: str,
     valid_start: str | None = None,
     valid_end: str | None = None,
-    valid_days: int = 7,
+    valid_days: int | None = None,
     delay_days: int = 7,
     model_type: str = "mlp",
     seed: int = 0,
     max_epochs: int | None = None,
     alert_budget: str | None = None,
+    extra_columns: str | None = None,
+    stream: StreamConfig | None = None,
 ) -> int:
-    """Train a model on a date window and write its model directory (atomically)."""
+    """Train a model on a date window and write its model directory (atomically); out of core
+    (``cli.train_streamed``) when ``stream`` asks for it or the data calls for it."""
+    extras = parse_extra_columns(extra_columns)
     config = TrainConfig(
         train_start_day=parse_day(train_start, "--train-start"),
         train_end_day=parse_day(train_end, "--train-end"),
@@ -91,8 +102,24 @@ def train(
         max_epochs=max_epochs,
         alert_budget=alert_budget,
     )
-    spec = FeatureSpec(delay_days=delay_days)
-    df = load_transactions(data, columns, require_label=True)
+    if stream is not None and should_stream(data, stream):
+        return train_out_of_core(data, columns, config, extras, out, stream)
+    df = load_transactions(data, columns, require_label=True, extras=extras)
+    spec = training_spec(df, config, extras, source=columns)
+    fit, valid = config.fit_window, config.valid_window
+    logger.info(
+        "train: fitting on %s..%s, validating on %s..%s (%d days%s)",
+        *map(format_day, (*fit, *valid)),
+        valid[1] - valid[0] + 1,
+        "" if valid_days is not None or valid_start else ": the default, a third of the window up to 7",
+    )
+    if extras:
+        logger.info(
+            "train: extra columns %s -> %d model inputs",
+            ", ".join(f"{c.name} ({c.kind}, {c.encoding}{f' {c.width}' if c.kind == 'categorical' else ''})"
+                      for c in spec.extra_columns),
+            spec.n_features,
+        )  # fmt: skip
     prepared = prepare_training_data(df, config, spec)
     model = train_model(prepared, config, spec, out)
     v = model.manifest["metrics"]["validation"]
@@ -122,7 +149,7 @@ def evaluate(
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
     served = open_model(model)
-    df = load_transactions(data, columns, require_label=True)
+    df = load_transactions(data, columns, require_label=True, extras=served.spec.extra_columns)
     if known_fraud_days < 0:
         raise ConfigError(f"--known-fraud-days must be >= 0, got {known_fraud_days}")
     start_day, end_day = parse_day(start, "--start"), parse_day(end, "--end")
@@ -137,7 +164,7 @@ def score(model: str, data: str, columns: dict[str, str], out: str, explain: boo
     if Path(out).suffix.lower() != ".csv":
         raise ConfigError(f"--out: scores are written as CSV, got {out!r}")
     served = open_model(model)
-    df = load_transactions(data, columns, require_label=False)
+    df = load_transactions(data, columns, require_label=False, extras=served.spec.extra_columns)
     if "label" not in df:
         logger.warning("score: no label column: terminal risk features will be 0 (training saw real risk)")
     features = features_for(served.spec, df)

@@ -75,7 +75,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "qat": ("fraudlite.compression.qat", "QATConfig", "qat_stage"),
 }
 
-FORMS = ("auto", "ort-dense", "numpy-dense", "numpy-sparse")
+FORMS = ("auto", "ort-dense", "numpy-dense", "numpy-sparse", "ort-folded", "numpy-folded")
 BUDGETS = ("proportional", "greedy")
 STORAGES = ("auto", "compact", "fp32")
 
@@ -192,7 +192,8 @@ class ExportSettings:
 
     Attributes:
         form: ``auto`` (time every form side by side and serve the fastest) or a form to force:
-            ``ort-dense``, ``numpy-dense``, ``numpy-sparse`` (the last only for a pruned model).
+            ``ort-dense``, ``numpy-dense``, ``numpy-sparse`` (only for a pruned model), ``numpy-folded``
+            (some input's standardization folds into layer 0), ``ort-folded`` (every input's does).
         storage: weight storage of the per-stage ONNX graphs in the report: ``compact`` (codebook + packed
             indices, fp16 where exact), ``fp32``, or ``auto`` (the smaller file).
         max_score_diff: largest |score difference| allowed between the served form and the compressed

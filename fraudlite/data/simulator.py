@@ -20,8 +20,15 @@ Fraud scenarios (the ``scenario`` column; ``"legit"`` for label 0):
 * ``drift_night_small`` (only with ``drift_day``): from that day on, short night-time sequences of
   small/moderate amounts at terminals new to the card, a pattern absent from earlier data.
 
+Extra attributes (``extra_attributes``, ``generate --extra-attributes``; ``fraudlite.data.attributes``
+describes them): ``mcc``, ``channel``, ``country``, ``card_present``, ``device_score`` and
+``merchant_id`` columns after the core ones, in which ``compromised_card``, ``card_testing`` and
+``account_takeover`` leave a trace the core columns do not show (more online, high device scores,
+abroad, riskier merchant codes), while ``compromised_terminal`` leaves none.
+
 Every part draws from its own child of ``SeedSequence(seed)``, so a config always gives the same
-DataFrame and setting ``drift_day`` adds the drift rows without changing any other row. All work is
+DataFrame; setting ``drift_day`` adds the drift rows without changing any other row, and
+``extra_attributes`` adds columns without changing the others. All work is
 vectorized numpy; the only Python loops run per customer id string or a few rejection-sampling rounds.
 """
 
@@ -36,9 +43,18 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from fraudlite.data.attributes import ATTRIBUTE_COLUMNS, draw_attributes
 from fraudlite.data.simulator_config import SimulatorConfig
 
-__all__ = ["SimulatorConfig", "simulate", "LEGIT", "SCENARIOS", "DRIFT_SCENARIO", "COLUMNS"]
+__all__ = [
+    "SimulatorConfig",
+    "simulate",
+    "LEGIT",
+    "SCENARIOS",
+    "DRIFT_SCENARIO",
+    "COLUMNS",
+    "ATTRIBUTE_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +87,7 @@ _STREAMS = (
     "card_testing",
     "account_takeover",
     "drift",
+    "attributes",  # last: spawning one more child leaves the others' seeds as they were
 )
 
 
@@ -115,7 +132,8 @@ def simulate(config: SimulatorConfig, progress: Callable[[str], None] | None = N
     Returns:
         DataFrame with columns ``COLUMNS``: ``tx_id`` (int64, 0..n-1 in time order), ``timestamp``
         (datetime64[ns], naive UTC, whole seconds), ``customer_id``, ``terminal_id`` (str), ``amount``
-        (float64 cents, > 0), ``label`` (int8), ``scenario`` (str), sorted by timestamp.
+        (float64 cents, > 0), ``label`` (int8), ``scenario`` (str), sorted by timestamp; with
+        ``config.extra_attributes`` followed by ``ATTRIBUTE_COLUMNS`` (``fraudlite.data.attributes``).
     """
     say = progress or (lambda _msg: None)
     seeds = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
@@ -137,7 +155,22 @@ def simulate(config: SimulatorConfig, progress: Callable[[str], None] | None = N
     tx = _Tx.concat(parts)
     tx = tx.take(tx.t < config.n_days * _DAY)
     say(f"fraud scenarios applied: {int((tx.scenario != 0).sum())} fraudulent of {tx.t.size}")
+    tx = tx.take(np.argsort(tx.t, kind="stable"))
     frame = _to_frame(config, tx)
+    if config.extra_attributes:
+        extra = draw_attributes(
+            rngs["attributes"],
+            config.n_customers,
+            config.n_terminals,
+            config.n_days,
+            tx.customer,
+            tx.terminal,
+            tx.t // _DAY,
+            tx.scenario,
+            _NAMES,
+        )
+        frame = frame.assign(**{name: extra[name] for name in ATTRIBUTE_COLUMNS})
+        say(f"extra attributes: {', '.join(ATTRIBUTE_COLUMNS)}")
     say(f"done: {len(frame)} transactions")
     return frame
 
@@ -409,9 +442,7 @@ def _ids(prefix: str, n: int) -> np.ndarray:
 
 
 def _to_frame(cfg: SimulatorConfig, tx: _Tx) -> pd.DataFrame:
-    """Sort by time (stable), number the rows and build the public DataFrame."""
-    order = np.argsort(tx.t, kind="stable")
-    tx = tx.take(order)
+    """Number the rows (``tx`` is sorted by time) and build the public DataFrame."""
     seconds = cfg.start_epoch + tx.t.astype(np.int64)
     amount = np.maximum(np.round(tx.amount, 2), 0.01)
     return pd.DataFrame(

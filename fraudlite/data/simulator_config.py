@@ -39,6 +39,8 @@ class SimulatorConfig:
         high_amount_share: share of legit transactions turned into high-amount fraud.
         far_distance: minimum distance from home of account-takeover terminals.
         drift_rate: drift events per customer per day from drift_day on.
+        extra_attributes: add the columns of ``fraudlite.data.attributes`` (merchant category, channel,
+            country, card present, device score, merchant), in which some fraud scenarios leave a trace.
     """
 
     n_customers: int = 5000
@@ -63,6 +65,7 @@ class SimulatorConfig:
     high_amount_share: float = 5e-4
     far_distance: float = 25.0
     drift_rate: float = 1.0e-3
+    extra_attributes: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -89,8 +92,11 @@ class SimulatorConfig:
 
 
 def _check_field(name: str, annotation: object, value: object) -> None:
-    """Integers (``int`` fields) must be >= 1 (seed >= 0); numbers must be finite and >= 0."""
-    if annotation in ("int", int):
+    """Integers (``int`` fields) must be >= 1 (seed >= 0); numbers must be finite and >= 0; flags bools."""
+    if annotation in ("bool", bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif annotation in ("int", int):
         _check_int(name, value, minimum=0 if name == "seed" else 1)
     elif not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")

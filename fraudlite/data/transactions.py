@@ -1,17 +1,25 @@
-"""Loading and validating transaction files (CSV / Parquet) into one standard frame.
+"""Loading and validating transaction files (CSV / Parquet, or a directory / glob of Parquet) into one
+standard frame.
 
 The standard frame has columns ``tx_id`` (str), ``ts`` (int64 UTC epoch seconds), ``customer_id`` (str),
 ``terminal_id`` (str), ``amount`` (float64), when present ``label`` (int8) and, for each extra column asked
 for (``features.extras``), a column under its logical name holding its canonical values, in file order. Every
 problem is reported as a DataError naming the column and the first offending rows (1-based data rows,
 the header not counted).
+
+A directory (or glob) of Parquet files, as warehouse exports and the label store write them, reads as one
+table: its files sorted by path (input order), each in its row order; Hive partitions (``day=2026-01-01/``)
+become columns; files and folders whose names start with ``.`` or ``_`` are skipped (``_SUCCESS``); only
+the columns needed are read, and they must have one type in every file.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -36,13 +44,109 @@ __all__ = [
 
 LOGICAL_COLUMNS = ("tx_id", "timestamp", "customer_id", "terminal_id", "amount", "label")
 _SHOWN = 5
+_GLOB = frozenset("*?[")
 
 
-def read_table(path: str | os.PathLike, text_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a .csv or .parquet file (by extension) as it is (a CSV's ids and ``text_columns`` as text)."""
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in relative.parts)
+
+
+def _parquet_files(path: str | os.PathLike) -> tuple[Path, list[Path]] | None:
+    """A directory or glob of Parquet files -> (the base for Hive partitions, its files sorted by path);
+    None for anything else (a single file's path). DataError when it holds no Parquet file."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() == ".parquet")
+        files = [f for f in files if not _hidden(f.relative_to(p))]
+        if not files:
+            what = "empty directory" if not any(p.iterdir()) else "a directory without Parquet files"
+            raise DataError(f"{p}: {what} (reads files named *.parquet; a glob such as {p}/* reads others)")
+        return p, files
+    text = str(path)
+    if p.exists() or not _GLOB & set(text):
+        return None
+    parts = Path(text).parts
+    base = Path(*parts[: next(i for i, part in enumerate(parts) if _GLOB & set(part))] or ["."])
+    files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+    files = [f for f in files if not _hidden(f.relative_to(base) if f.is_relative_to(base) else Path(f.name))]
+    if not files:
+        raise DataError(f"{text}: the glob matches no files")
+    return base, files
+
+
+@contextmanager
+def _reading(path: str | os.PathLike) -> Iterator[None]:
+    """pyarrow's own errors (and OS / value errors) for a corrupt file -> DataError naming ``path``."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        if type(e).__module__.startswith("pyarrow") or isinstance(e, OSError | ValueError):
+            raise DataError(f"{path}: corrupt or unreadable Parquet ({str(e).splitlines()[0]})") from e
+        raise
+
+
+def _open_dataset(base: Path, files: list[Path]):
+    """The files as one ``pyarrow.dataset`` (the first file's schema, then its Hive partitions')."""
+    import pyarrow.dataset as ds
+
+    with _reading(files[0]):
+        return ds.dataset([str(f) for f in files], format="parquet", partitioning="hive",
+                          partition_base_dir=str(base))  # fmt: skip
+
+
+def _read_dataset(
+    path: str | os.PathLike, base: Path, files: list[Path], columns: Sequence[str] | None
+) -> pd.DataFrame:
+    """The files as one frame (``columns`` only, all when None); DataError naming the file at fault."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset = _open_dataset(base, files)
+    partitions = {
+        part.partition("=")[0]
+        for f in files
+        for part in (f.relative_to(base) if f.is_relative_to(base) else f).parent.parts
+        if "=" in part
+    }
+    wanted = list(dataset.schema.names if columns is None else columns)
+    first: dict[str, tuple[Path, pa.DataType]] = {}
+    for f in files:
+        with _reading(f):
+            schema = pq.read_schema(f)
+        for name in wanted:
+            if name in partitions:
+                continue
+            if name not in schema.names:
+                raise DataError(f"{path}: mixed schemas: {f} has no column {name!r} (it is in {files[0]})")
+            seen = first.setdefault(name, (f, schema.field(name).type))
+            if seen[1] != schema.field(name).type:
+                raise DataError(
+                    f"{path}: mixed schemas: column {name!r} is {seen[1]} in {seen[0]} but "
+                    f"{schema.field(name).type} in {f}"
+                )
+    with _reading(path):
+        table = dataset.to_table(columns=wanted)
+    decoded = [
+        c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.itercolumns()
+    ]
+    return pa.table(decoded, names=table.column_names).to_pandas()
+
+
+def read_table(
+    path: str | os.PathLike, text_columns: Sequence[str] = (), columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read a .csv or .parquet file (by extension) as it is (a CSV's ids and ``text_columns`` as text), or
+    a directory / glob of Parquet files as one table (see module docstring; ``columns`` only, if given)."""
+    source = _parquet_files(path)
+    if source is not None:
+        return _read_dataset(path, *source, columns)
     p = Path(path)
     if p.suffix.lower() not in (".csv", ".parquet"):
-        raise DataError(f"{p}: unsupported file type {p.suffix!r} (use .csv or .parquet)")
+        raise DataError(
+            f"{p}: unsupported file type {p.suffix!r} (use .csv, .parquet or a directory / glob of Parquet)"
+        )
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     try:
@@ -89,7 +193,10 @@ def _rows(mask: np.ndarray, values: pd.Series | None = None) -> str:
 
 
 def _resolve_columns(
-    df: pd.DataFrame, columns: dict[str, str] | None, require_label: bool, extra_names: Sequence[str] = ()
+    available: Sequence[str],
+    columns: dict[str, str] | None,
+    require_label: bool,
+    extra_names: Sequence[str] = (),
 ) -> dict[str, str]:
     columns = dict(columns or {})
     known = (*LOGICAL_COLUMNS, *extra_names)
@@ -99,16 +206,16 @@ def _resolve_columns(
     resolved = {}
     for logical in known:
         source = columns.get(logical, logical)
-        if source in df.columns:
+        if source in available:
             resolved[logical] = source
         elif logical in columns:
             raise DataError(
                 f"column {source!r} (mapped from {logical!r} by --columns) is not in the file; "
-                f"the file has: {', '.join(map(str, df.columns))}"
+                f"the file has: {', '.join(map(str, available))}"
             )
         elif logical != "label" or require_label:
             raise DataError(
-                f"missing column {logical!r}; the file has: {', '.join(map(str, df.columns))} "
+                f"missing column {logical!r}; the file has: {', '.join(map(str, available))} "
                 f"(map yours with --columns {logical}=YOUR_COLUMN)"
             )
     return resolved
@@ -168,7 +275,7 @@ def load_transactions(
     """Load, map and validate a transactions file.
 
     Args:
-        path: .csv or .parquet file.
+        path: .csv or .parquet file, or a directory / glob of Parquet files (only the needed columns read).
         columns: logical name -> the file's column name (unmapped names are looked up as they are);
             the extra columns' names are logical names too.
         require_label: a missing ``label`` column is an error (training, evaluation).
@@ -178,12 +285,19 @@ def load_transactions(
         The standard frame (see module docstring), in file order.
 
     Raises:
-        DataError: unreadable file, missing column, unparsable/invalid values, duplicate tx_id.
+        DataError: unreadable file, missing column, unparsable/invalid values, duplicate tx_id; a directory
+            or glob without Parquet files, or whose files disagree on a needed column.
         ConfigError: an unknown logical name in ``columns``.
     """
     text = [(columns or {}).get(c.name, c.name) for c in extras if c.kind == "categorical"]
-    raw = read_table(path, text_columns=text)
-    cols = _resolve_columns(raw, columns, require_label, [c.name for c in extras])
+    extra_names = [c.name for c in extras]
+    source = _parquet_files(path)
+    if source is None:
+        raw = read_table(path, text_columns=text)
+        cols = _resolve_columns(list(raw.columns), columns, require_label, extra_names)
+    else:
+        cols = _resolve_columns(_open_dataset(*source).schema.names, columns, require_label, extra_names)
+        raw = _read_dataset(path, *source, list(dict.fromkeys(cols.values())))
     if len(raw) == 0:
         raise DataError(f"{path}: no rows")
     out = pd.DataFrame(index=pd.RangeIndex(len(raw)))

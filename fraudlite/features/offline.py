@@ -2,6 +2,13 @@
 
 Pure numpy: sorts once per entity and answers every window with ``searchsorted`` on composite
 (entity, time) keys plus cumulative sums, so the cost is O(n log n) with no Python loop per row.
+
+``compute_features`` is three blocks plus the extra columns: ``row_block`` (each row alone),
+``customer_block`` (a row's values depend only on its customer's rows, ordered by (time, input
+position)) and ``terminal_block`` (only on its terminal's rows and labels). So a block run on any subset
+that holds whole customers (or terminals) gives those rows exactly the values of a run over everything:
+the out-of-core path (``data.out_of_core``) runs these very kernels on spill partitions of whole customers
+and of whole terminals.
 """
 
 from __future__ import annotations
@@ -14,7 +21,15 @@ import numpy as np
 from fraudlite.features.extras import encode_extras
 from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec, terminal_bit
 
-__all__ = ["TransactionArrays", "compute_features", "amount_to_cents"]
+__all__ = [
+    "TransactionArrays",
+    "compute_features",
+    "amount_to_cents",
+    "row_block",
+    "customer_block",
+    "terminal_block",
+    "block_names",
+]
 
 
 def amount_to_cents(amount) -> np.ndarray:
@@ -88,8 +103,39 @@ def _window_counts(entity: np.ndarray, time: np.ndarray, lower: np.ndarray, uppe
     return lo, hi
 
 
-def _customer_block(spec: FeatureSpec, tx: TransactionArrays, out: dict[str, np.ndarray]) -> None:
-    order = np.lexsort((np.arange(len(tx)), tx.ts, tx.customer))
+def block_names(spec: FeatureSpec) -> tuple[list[str], list[str], list[str]]:
+    """The names each block computes, in ``spec.names`` order: (row, customer, terminal)."""
+    names, n_customer = spec.names, 4 + 2 * len(spec.customer_windows) + 4
+    return names[:4], names[4:n_customer], names[n_customer : spec.n_builtin_features]
+
+
+def row_block(spec: FeatureSpec, tx: TransactionArrays) -> dict[str, np.ndarray]:
+    """The features of each row alone: amount, log amount, night, weekend (float64)."""
+    out: dict[str, np.ndarray] = {}
+    amount = tx.amount_cents / 100.0
+    out["amount"] = amount
+    out["log_amount"] = np.log1p(amount)
+    hour = (tx.ts % SECONDS_PER_DAY) // 3600
+    out["is_night"] = (hour < spec.night_end_hour).astype(np.float64)
+    # 1970-01-01 was a Thursday: weekday (Mon=0) = (day + 3) % 7.
+    out["is_weekend"] = (((tx.ts // SECONDS_PER_DAY) + 3) % 7 >= 5).astype(np.float64)
+    return out
+
+
+def customer_block(
+    spec: FeatureSpec, tx: TransactionArrays, position: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The per-customer window features (float64, rows in ``tx`` order).
+
+    Args:
+        spec: the feature definition.
+        tx: transactions holding whole customers (all rows of each customer present).
+        position: each row's position in the whole input, which breaks ties in time (default: ``tx``'s
+            own order), so a subset in any order gives its rows the values of the whole input.
+    """
+    out: dict[str, np.ndarray] = {}
+    tie = np.arange(len(tx)) if position is None else np.asarray(position)
+    order = np.lexsort((tie, tx.ts, tx.customer))
     cust = _dense(tx.customer[order])
     ts = tx.ts[order]
     t0 = ts.min()
@@ -136,9 +182,13 @@ def _customer_block(spec: FeatureSpec, tx: TransactionArrays, out: dict[str, np.
     new_terminal = np.zeros(len(order))
     new_terminal[first] = 1.0
     put("customer_new_terminal", new_terminal)
+    return out
 
 
-def _terminal_block(spec: FeatureSpec, tx: TransactionArrays, out: dict[str, np.ndarray]) -> None:
+def terminal_block(spec: FeatureSpec, tx: TransactionArrays) -> dict[str, np.ndarray]:
+    """The per-terminal window features (float64, rows in ``tx`` order); ``tx`` holds whole terminals.
+    A row's values depend only on its day and its terminal's days and labels, not on ties' order."""
+    out: dict[str, np.ndarray] = {}
     order = np.lexsort((tx.ts, tx.terminal))
     term = _dense(tx.terminal[order])
     day = tx.ts[order] // SECONDS_PER_DAY
@@ -155,6 +205,7 @@ def _terminal_block(spec: FeatureSpec, tx: TransactionArrays, out: dict[str, np.
             col = np.empty(len(order), dtype=np.float64)
             col[order] = values
             out[name] = col
+    return out
 
 
 def _dense(sorted_codes: np.ndarray) -> np.ndarray:
@@ -176,16 +227,9 @@ def compute_features(spec: FeatureSpec, tx: TransactionArrays) -> np.ndarray:
     n = len(tx)
     if n == 0:
         return np.zeros((0, spec.n_features), dtype=np.float32)
-    out: dict[str, np.ndarray] = {}
-    amount = tx.amount_cents / 100.0
-    out["amount"] = amount
-    out["log_amount"] = np.log1p(amount)
-    hour = (tx.ts % SECONDS_PER_DAY) // 3600
-    out["is_night"] = (hour < spec.night_end_hour).astype(np.float64)
-    # 1970-01-01 was a Thursday: weekday (Mon=0) = (day + 3) % 7.
-    out["is_weekend"] = (((tx.ts // SECONDS_PER_DAY) + 3) % 7 >= 5).astype(np.float64)
-    _customer_block(spec, tx, out)
-    _terminal_block(spec, tx, out)
+    out = row_block(spec, tx)
+    out.update(customer_block(spec, tx))
+    out.update(terminal_block(spec, tx))
     builtin = np.stack([out[name] for name in spec.names[: spec.n_builtin_features]], axis=1)
     if not spec.extra_columns:
         return builtin.astype(np.float32)

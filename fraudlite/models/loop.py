@@ -32,6 +32,7 @@ from fraudlite.models.mlp import FraudMLP, MLPConfig
 __all__ = [
     "LossFn",
     "standardization_stats",
+    "RunningStats",
     "default_pos_weight",
     "classification_loss",
     "predict_logits",
@@ -68,27 +69,46 @@ def standardization_stats(
     n_rows = len(X) if rows is None else len(rows)
     if X.ndim != 2 or n_rows == 0:
         raise DataError(f"expected a non-empty [rows, features] matrix, got shape {X.shape} ({n_rows} rows)")
-    n = 0
-    mean = np.zeros(X.shape[1])
-    m2 = np.zeros(X.shape[1])
+    stats = RunningStats(X.shape[1])
     for start in range(0, n_rows, chunk_rows):
-        part = X[start : start + chunk_rows] if rows is None else X[rows[start : start + chunk_rows]]
+        stats.add(X[start : start + chunk_rows] if rows is None else X[rows[start : start + chunk_rows]])
+    return stats.result()
+
+
+class RunningStats:
+    """Per-column mean and M2 merged chunk by chunk in float64 (Chan et al.): the core of
+    :func:`standardization_stats`, for callers that stream rows (the same chunks give the same bits)."""
+
+    def __init__(self, n_features: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(n_features)
+        self.m2 = np.zeros(n_features)
+
+    def add(self, part: np.ndarray) -> None:
+        """One chunk of rows; DataError on NaN/inf."""
         chunk = part.astype(np.float64)
         if not np.isfinite(chunk).all():
             bad = np.flatnonzero(~np.isfinite(chunk).all(axis=0))
             raise DataError(f"features contain NaN or infinite values (columns {bad.tolist()})")
-        k = len(chunk)
+        n, k = self.n, len(chunk)
+        if k == 0:
+            return
         c_mean = chunk.mean(axis=0)
         chunk -= c_mean
         c_m2 = np.einsum("ij,ij->j", chunk, chunk)
-        delta = c_mean - mean
+        delta = c_mean - self.mean
         total = n + k
-        mean += delta * (k / total)
-        m2 += c_m2 + delta**2 * (n * k / total)
-        n = total
-    std = np.sqrt(m2 / n)
-    std[std < 1e-6 * np.maximum(np.abs(mean), 1.0)] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+        self.mean += delta * (k / total)
+        self.m2 += c_m2 + delta**2 * (n * k / total)
+        self.n = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` float32; a constant column gets std 1."""
+        if self.n == 0:
+            raise DataError("no rows to compute standardization statistics on")
+        std = np.sqrt(self.m2 / self.n)
+        std[std < 1e-6 * np.maximum(np.abs(self.mean), 1.0)] = 1.0
+        return self.mean.astype(np.float32), std.astype(np.float32)
 
 
 def default_pos_weight(y: np.ndarray) -> float:

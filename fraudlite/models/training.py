@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +29,10 @@ __all__ = [
     "training_spec",
     "TrainingData",
     "prepare_training_data",
+    "Fitted",
+    "fit_arrays",
     "train_model",
+    "finish_model",
     "write_trained_model",
 ]
 
@@ -177,8 +181,42 @@ def prepare_training_data(df: pd.DataFrame, config: TrainConfig, spec: FeatureSp
     return TrainingData(df, X, train, valid)
 
 
-def _fit(data: TrainingData, config: TrainConfig):
-    """Train the requested model; returns (onnx bytes, weights writer or None, validation scores, normalization)."""
+@dataclass
+class Fitted:
+    """A fitted model before calibration: ONNX bytes, a weights writer (MLP) or None, its raw validation
+    scores and its input normalization."""
+
+    onnx_bytes: bytes
+    write_weights: Callable[[Path], None] | None
+    raw_valid: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def fit_arrays(
+    config: TrainConfig,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_valid: np.ndarray,
+    y_valid: np.ndarray,
+    train_rows: np.ndarray | None = None,
+    valid_rows: np.ndarray | None = None,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+    negative_rate: float = 1.0,
+    window_counts: tuple[int, int] | None = None,
+    epoch_scale: float = 1.0,
+) -> Fitted:
+    """Train ``config.model_type`` on features (row subsets by ``train_rows`` / ``valid_rows``, no copies).
+
+    The out-of-core path (``models.streamed``) passes ``stats``, the standardization of the whole training
+    window, and trains on all its frauds and a ``negative_rate`` share of its legit rows: each kept legit
+    row then stands for ``1 / negative_rate`` rows, i.e. the fraud weight of the loss becomes
+    ``negative_rate * pos_weight``, with ``pos_weight`` (``sqrt(n_neg / n_pos)`` unless the config sets
+    one) from the whole window's ``window_counts`` ``(n_neg, n_pos)``; ``epoch_scale`` (>= 1) multiplies the
+    MLP's epochs and patience, so that a smaller sample still gets the optimizer steps of the rows it
+    stands for. Baselines take the sample as it is (only their intercept is off, which the Platt
+    calibration refits).
+    """
     from fraudlite.models import (
         TEACHER_CONFIG,
         MLPConfig,
@@ -191,20 +229,36 @@ def _fit(data: TrainingData, config: TrainConfig):
     )
     from fraudlite.runtime import OnnxScorer
 
-    X, y = data.X, data.y
+    Xv = X_valid if valid_rows is None else X_valid[valid_rows]
     if config.model_type in ("mlp", "teacher"):
         base = TEACHER_CONFIG if config.model_type == "teacher" else MLPConfig()
         mlp_config = replace(base, seed=config.seed, max_epochs=config.max_epochs or base.max_epochs)
+        if epoch_scale > 1.0:
+            mlp_config = replace(
+                mlp_config,
+                max_epochs=math.ceil(mlp_config.max_epochs * epoch_scale),
+                patience=math.ceil(mlp_config.patience * epoch_scale),
+            )
+        if negative_rate < 1.0:
+            n_neg, n_pos = window_counts or (0, 0)
+            full = mlp_config.pos_weight or math.sqrt(n_neg / max(n_pos, 1))
+            mlp_config = replace(mlp_config, pos_weight=negative_rate * full)
         # Row masks instead of X[mask]: no copy of the training matrix (logs one progress line per epoch).
-        model, _history = train_mlp(X, y, X, y, mlp_config, train_rows=data.train, valid_rows=data.valid)
+        model, _history = train_mlp(
+            X_train, y_train, X_valid, y_valid, mlp_config, train_rows=train_rows, valid_rows=valid_rows,
+            stats=stats,
+        )  # fmt: skip
         onnx_bytes = export_mlp(model)
         mean, std = model.normalization()
-        valid_scores = OnnxScorer(onnx_bytes).score(X[data.valid])
-        return onnx_bytes, (lambda path: save_mlp(model, path)), valid_scores, (mean, std)
-    Xt, yt, Xv, yv = X[data.train], y[data.train], X[data.valid], y[data.valid]
+        write = lambda path: save_mlp(model, path)  # noqa: E731
+        return Fitted(onnx_bytes, write, OnnxScorer(onnx_bytes).score(Xv), mean, std)
+    Xt = X_train if train_rows is None else X_train[train_rows]
+    yt = y_train if train_rows is None else y_train[train_rows]
+    yv = y_valid if valid_rows is None else y_valid[valid_rows]
     model = train_baseline(config.model_type, Xt, yt, Xv, yv, seed=config.seed)
     onnx_bytes = baseline_to_onnx(model).SerializeToString()
-    return onnx_bytes, None, OnnxScorer(onnx_bytes).score(Xv), standardization_stats(X, rows=data.train)
+    mean, std = standardization_stats(X_train, rows=train_rows) if stats is None else stats
+    return Fitted(onnx_bytes, None, OnnxScorer(onnx_bytes).score(Xv), mean, std)
 
 
 def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out: str | Path) -> ModelDir:
@@ -214,20 +268,52 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
     thresholds, the metrics and the drift reference are of the calibrated scores, the ones serving gives.
     """
     t0 = time.perf_counter()
-    onnx_bytes, write_weights, raw_valid, (mean, std) = _fit(data, config)
-    y_valid = data.y[data.valid]
+    X, y = data.X, data.y
+    fitted = fit_arrays(config, X, y, X, y, train_rows=data.train, valid_rows=data.valid)
+    return finish_model(
+        fitted, config, spec, out, y_valid=y[data.valid], X_reference=X[reference_rows(data.train)],
+        frame=data.df, frame_rows=data.valid, n_train=int(data.train.sum()), started=t0,
+    )  # fmt: skip
+
+
+def finish_model(
+    fitted: Fitted,
+    config: TrainConfig,
+    spec: FeatureSpec,
+    out: str | Path,
+    *,
+    y_valid: np.ndarray,
+    X_reference: np.ndarray,
+    frame: pd.DataFrame,
+    frame_rows: np.ndarray,
+    n_train: int,
+    started: float,
+    manifest: Mapping | None = None,
+) -> ModelDir:
+    """Calibrate, choose thresholds, compute the validation metrics and write the model directory.
+
+    Args:
+        fitted: from :func:`fit_arrays`.
+        y_valid: the validation labels (``fitted.raw_valid``'s order).
+        X_reference: training rows the drift reference is counted on (``reference_rows``' sample).
+        frame, frame_rows: a frame with ``ts``, ``customer_id``, ``label`` and the validation rows of it
+            (a mask, in ``y_valid``'s order) for the metrics.
+        n_train: training rows (of the window) recorded in the manifest.
+        started: ``time.perf_counter()`` when training began.
+        manifest: more manifest fields.
+    """
     valid_start, valid_end = config.valid_window
     monitoring, valid_scores, budget_alert = monitoring_for(
-        raw_valid, y_valid, data.X[reference_rows(data.train)], mean, std, valid_end - valid_start + 1,
+        fitted.raw_valid, y_valid, X_reference, fitted.mean, fitted.std, valid_end - valid_start + 1,
         config.alert_budget,
     )  # fmt: skip
     threshold, alert_threshold = choose_thresholds(y_valid, valid_scores)
     if budget_alert is not None:
         alert_threshold = budget_alert
-    full_scores = np.zeros(len(data.df), dtype=np.float32)
-    full_scores[data.valid] = valid_scores
-    valid_metrics = evaluate_scores(data.df, full_scores, data.valid)
-    metrics = {"validation": valid_metrics, "train_seconds": round(time.perf_counter() - t0, 2)}
+    full_scores = np.zeros(len(frame), dtype=np.float32)
+    full_scores[frame_rows] = valid_scores
+    valid_metrics = evaluate_scores(frame, full_scores, frame_rows)
+    metrics = {"validation": valid_metrics, "train_seconds": round(time.perf_counter() - started, 2)}
 
     def reliability(tmp: Path) -> dict[str, str]:
         reliability_plot(monitoring.report, tmp / RELIABILITY_FILE)
@@ -235,10 +321,10 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
 
     return write_trained_model(
         out,
-        onnx_bytes=onnx_bytes,
+        onnx_bytes=fitted.onnx_bytes,
         spec=spec,
-        normalization={"mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()},
-        write_weights=write_weights,
+        normalization={"mean": np.asarray(fitted.mean).tolist(), "std": np.asarray(fitted.std).tolist()},
+        write_weights=fitted.write_weights,
         manifest={
             "model_type": config.model_type,
             "data_window": config.data_window(),
@@ -248,9 +334,10 @@ def train_model(data: TrainingData, config: TrainConfig, spec: FeatureSpec, out:
             "metrics": metrics,
             "compression": {"stages": []},
             "parent_version": None,
-            "n_train": int(data.train.sum()),
-            "n_valid": int(data.valid.sum()),
+            "n_train": n_train,
+            "n_valid": len(y_valid),
             "monitoring": monitoring.record(),
+            **(manifest or {}),
         },
         extra_files=reliability,
         report={"calibration": monitoring.report},

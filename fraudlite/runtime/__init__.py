@@ -3,6 +3,7 @@
 - :mod:`~fraudlite.runtime.session`: ``session_options``, ``OnnxScorer`` (an ONNX model -> scores).
 - :mod:`~fraudlite.runtime.onnx_graph`: ``mlp_graph``, ONNX bytes of an MLP without the ``onnx`` package.
 - :mod:`~fraudlite.runtime.forms`: ``OrtDense``, ``NumpyDense``, ``NumpySparse`` built from numpy layers.
+- :mod:`~fraudlite.runtime.folded`: ``NumpyFolded``, ``OrtFolded``: the standardization folded into layer 0.
 - :mod:`~fraudlite.runtime.choice`: ``measure_forms``, ``choose_form``: pick a form by timing it here.
 
 Names resolve lazily (PEP 562) so that ``import fraudlite.runtime`` and a numpy form do not import
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fraudlite.runtime.choice import choose_form, machine_fingerprint, measure_forms
+    from fraudlite.runtime.folded import NumpyFolded, OrtFolded
     from fraudlite.runtime.forms import Form, NumpyDense, NumpySparse, OrtDense, build_forms
     from fraudlite.runtime.onnx_graph import fold_standardization, mlp_graph
     from fraudlite.runtime.session import OnnxScorer, session_options
@@ -29,6 +31,8 @@ __all__ = [
     "OrtDense",
     "NumpyDense",
     "NumpySparse",
+    "NumpyFolded",
+    "OrtFolded",
     "build_forms",
     "measure_forms",
     "choose_form",
@@ -44,6 +48,8 @@ _SUBMODULE = {
     "OrtDense": "forms",
     "NumpyDense": "forms",
     "NumpySparse": "forms",
+    "NumpyFolded": "folded",
+    "OrtFolded": "folded",
     "build_forms": "forms",
     "measure_forms": "choice",
     "choose_form": "choice",

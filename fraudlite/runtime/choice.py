@@ -28,7 +28,7 @@ from fraudlite.runtime.forms import Form, one_blas_thread
 
 __all__ = ["PREFERENCE", "SLACK_SECONDS", "measure_forms", "choose_form", "machine_fingerprint"]
 
-PREFERENCE = ("ort-dense", "numpy-dense", "numpy-sparse")  # tie-break order (first wins)
+PREFERENCE = ("ort-dense", "numpy-dense", "numpy-sparse", "ort-folded", "numpy-folded")  # ties: first wins
 
 
 def _rows(X: np.ndarray, n: int) -> np.ndarray:

@@ -11,6 +11,9 @@ the same probabilities (within float32 rounding):
 - ``numpy-sparse`` (:class:`NumpySparse`): pruned layers as a padded-CSR gather + batched matmul, work
   proportional to the kept weights (per output unit, padded to the fullest one); pays off only at a
   few percent density, since a dense BLAS matmul is far faster per multiply.
+- ``numpy-folded``, ``ort-folded`` (:mod:`~fraudlite.runtime.folded`): the standardization folded into
+  the first layer wherever that costs no precision, so raw rows go straight into the first matmul (two
+  elementwise passes fewer over a wide input).
 
 Each takes RAW float32 features [N, F] and returns float32 probabilities [N]; inputs above 65536 rows
 go through in chunks to bound the temporaries. The numpy forms also give the logit (``logit``): a
@@ -27,6 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from fraudlite.errors import ConfigError
+from fraudlite.runtime.folded import NumpyFolded, OrtFolded, foldable
 from fraudlite.runtime.onnx_graph import Layers, check_layers, mlp_graph, standardization
 
 __all__ = [
@@ -286,7 +290,9 @@ class OrtDense:
         return self.scorer.score(features, batch_size=CHUNK_ROWS)
 
 
-FORMS: dict[str, type] = {form.name: form for form in (OrtDense, NumpyDense, NumpySparse)}
+FORMS: dict[str, type] = {
+    form.name: form for form in (OrtDense, NumpyDense, NumpySparse, OrtFolded, NumpyFolded)
+}
 """Every form class by name (the manifest's ``runtime.form``)."""
 
 
@@ -294,11 +300,20 @@ def build_forms(
     layers: Layers, mean: np.ndarray | None, std: np.ndarray | None, masks: Masks = None
 ) -> dict[str, Form]:
     """Every form that applies: ort-dense when onnxruntime is installed, numpy-dense always,
-    numpy-sparse when some mask drops at least one weight (otherwise it is numpy-dense, slower)."""
+    numpy-sparse when some mask drops at least one weight (otherwise it is numpy-dense, slower);
+    with standardization stats, numpy-folded when some column folds and ort-folded when every one does
+    (``folded.foldable``; without stats folding changes nothing)."""
     forms: dict[str, Form] = {}
-    if find_spec("onnxruntime") is not None:
+    ort = find_spec("onnxruntime") is not None
+    if ort:
         forms[OrtDense.name] = OrtDense(layers, mean, std, masks)
     forms[NumpyDense.name] = NumpyDense(layers, mean, std, masks)
     if masks is not None and any(m is not None and not np.all(m) for m in masks):
         forms[NumpySparse.name] = NumpySparse(layers, mean, std, masks)
+    if mean is not None or std is not None:
+        fold = foldable(check_layers(layers), mean, std)
+        if ort and fold.all():
+            forms[OrtFolded.name] = OrtFolded(layers, mean, std, masks)
+        if fold.any():
+            forms[NumpyFolded.name] = NumpyFolded(layers, mean, std, masks)
     return forms

@@ -173,7 +173,7 @@ def test_failed_training_leaves_no_directory(small_data, tmp_path, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("killed mid-train")
 
-    monkeypatch.setattr(training, "_fit", crash)
+    monkeypatch.setattr(training, "fit_arrays", crash)
     with pytest.raises(RuntimeError):
         main(
             [

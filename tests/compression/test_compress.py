@@ -16,6 +16,7 @@ from fraudlite.compression.search import SearchError
 from fraudlite.compression.state import CompressedMLP
 from fraudlite.errors import ConfigError
 from fraudlite.modeldir import ModelDir
+from fraudlite.runtime.forms import FORMS
 
 FAST_RECIPE = """
 [[stage]]
@@ -97,7 +98,7 @@ def test_writes_a_complete_servable_model_dir(compressed, small, frame) -> None:
     assert comp["stages"] == ["distill", "prune", "cluster"]
     assert comp["ap_drop"] <= 0.5 and comp["compact_ratio"] > 1
     assert set(md.manifest["runtime"]) == {"form", "machine", "rows_per_s"}  # the choice and its numbers
-    assert md.manifest["runtime"]["form"] in ("ort-dense", "numpy-dense", "numpy-sparse")
+    assert md.manifest["runtime"]["form"] in FORMS
     assert 0 < md.threshold <= md.alert_threshold < 1
     # what serving reads: a fraction of the source's, and the AP compression reported is the served one's
     assert md.serve_bytes() * 3 < source.serve_bytes()

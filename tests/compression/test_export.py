@@ -130,7 +130,7 @@ def test_the_served_form_is_the_one_measured_fastest(make_state, stage_data) -> 
     c = _clustered(make_state(hidden=(16, 8), sparsity=0.5))
     name, record = choose_runtime(c, stage_data.X_valid[:512])
     speed = record["rows_per_s"]
-    assert set(speed) == {"ort-dense", "numpy-dense", "numpy-sparse"} and record["form"] == name
+    assert {"ort-dense", "numpy-dense", "numpy-sparse"} <= set(speed) <= set(FORMS) and record["form"] == name
     geo = {f: math.sqrt(r["1"] * r["256"]) for f, r in speed.items()}
     fastest = max(geo, key=geo.get)
     if name != fastest:  # only a numpy form within the slack of an ORT one, for the memory it saves
