@@ -51,7 +51,7 @@ from fraudlite.runtime.onnx_graph import (
     standardization,
 )
 
-__all__ = ["FOLD_RATIO", "foldable", "NumpyFolded", "OrtFolded"]
+__all__ = ["FOLD_RATIO", "foldable", "sigmoid_of_negative_logit", "NumpyFolded", "OrtFolded"]
 
 FOLD_RATIO = 1.0
 _CHUNK_ROWS = 65536  # as forms.CHUNK_ROWS: bounds the per-call temporaries
@@ -82,6 +82,14 @@ def _masked(layers: Layers, masks: Masks) -> list[tuple[np.ndarray, np.ndarray]]
             (w if m is None else np.where(np.asarray(m, bool), w, np.float32(0)), np.asarray(b, np.float32))
         )
     return out
+
+
+def sigmoid_of_negative_logit(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(z))`` in place on float32 ``z`` = -logit (the numpy forms' last step)."""
+    np.minimum(z, 88.0, out=z)  # exp stays finite in float32; the sigmoid is below 1e-38 there
+    np.exp(z, out=z)
+    z += 1
+    return np.reciprocal(z, out=z)
 
 
 class NumpyFolded:
@@ -168,11 +176,7 @@ class NumpyFolded:
         return h.reshape(-1)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        z = self._negative_logit(x)
-        np.minimum(z, 88.0, out=z)  # exp stays finite in float32; the sigmoid is below 1e-38 there
-        np.exp(z, out=z)
-        z += 1
-        return np.reciprocal(z, out=z)
+        return sigmoid_of_negative_logit(self._negative_logit(x))
 
 
 class OrtFolded:

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from fraudlite.errors import ConfigError
-from fraudlite.runtime.folded import NumpyFolded, OrtFolded, foldable
+from fraudlite.runtime.folded import NumpyFolded, OrtFolded, foldable, sigmoid_of_negative_logit
 from fraudlite.runtime.onnx_graph import Layers, check_layers, mlp_graph, standardization
 
 __all__ = [
@@ -244,11 +244,7 @@ class NumpyDense:
         return h.reshape(-1)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        z = self._negative_logit(x)
-        np.minimum(z, 88.0, out=z)  # exp stays finite in float32; the sigmoid is below 1e-38 there
-        np.exp(z, out=z)
-        z += 1
-        return np.reciprocal(z, out=z)
+        return sigmoid_of_negative_logit(self._negative_logit(x))
 
 
 class NumpySparse(_NumpyMLP):
