@@ -12,13 +12,16 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,broker,dev]'
+	$(PY) -m pip install --quiet -e '.[train,broker,spark,dev]'
 	touch $(STAMP)
 
 # promtool + prometheus for tests/deploy (Debian package `prometheus`); its service is never started.
+# Java for Spark in local mode (`features --engine spark`; Java 17 is usually there already).
 tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v java >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null; }
 
 demo: install
 	$(PY) -m fraudlite demo

@@ -36,6 +36,7 @@ EXTRA = [
     "bench_soak",  # `make soak`, ten minutes
     "bench_compression_seeds",  # ~33 min
     "bench_compression_seeds_at_ort",  # ~24 min
+    "bench_scale",  # training on 1M / 5M / 20M rows, an hour or more
 ]  # long: their sections stay in RESULTS.md, `make bench` never runs them
 MARK = "<!-- section: {} -->"
 

@@ -68,6 +68,16 @@ def _score(args: argparse.Namespace) -> int:
     return score(args.model, args.data, parse_columns(args.columns), args.out, explain=args.explain)
 
 
+def _features(args: argparse.Namespace) -> int:
+    from fraudlite.cli.foundation_commands import features
+    from fraudlite.data.out_of_core import parse_memory
+
+    return features(
+        args.data, parse_columns(args.columns), args.out, engine=args.engine, model=args.model,
+        delay_days=args.delay_days, memory_limit=parse_memory(args.memory_limit),
+    )  # fmt: skip
+
+
 def _demo(args: argparse.Namespace) -> int:
     from fraudlite.cli.demo import run_demo
 
@@ -173,6 +183,37 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
         "alert threshold, empty for the other rows",
     )  # fmt: skip
     p.set_defaults(func=_score)
+
+    p = sub.add_parser(
+        "features",
+        help="write the model inputs of every transaction (with tx_id) to a Parquet file",
+        description="Compute the features a model reads for every row of --data and write them to --out: tx_id, "
+        "one float32 column per feature (the spec's names and order) and label when the input has one, rows in "
+        "input order. --engine local reads a CSV in memory and Parquet (a file or a directory of files) out of "
+        "core within --memory-limit; --engine spark runs the same kernels on Apache Spark (pip install "
+        "'fraudlite[spark]'; the cluster comes from the usual Spark settings: spark-defaults.conf, "
+        "PYSPARK_SUBMIT_ARGS, local mode otherwise).",
+    )
+    add_data_args(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .parquet, written atomically: a file (local), Spark's directory of parts in input order (spark)",
+    )
+    p.add_argument(
+        "--engine", choices=["local", "spark"], default="local", help="where to compute (default local)"
+    )
+    p.add_argument("--model", help="model directory whose feature spec to use (its extra columns too)")
+    p.add_argument(
+        "--delay-days",
+        type=int,
+        default=7,
+        help="label delay of the default spec, without --model (default 7)",
+    )
+    p.add_argument(
+        "--memory-limit", default="2G", help="local engine, Parquet input: memory to stay under (2G)"
+    )
+    p.set_defaults(func=_features)
 
     p = sub.add_parser(
         "demo",

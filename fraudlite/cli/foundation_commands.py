@@ -20,7 +20,7 @@ from fraudlite.models.evaluation import evaluate_window, features_for, score_fra
 from fraudlite.models.streamed import StreamConfig, should_stream
 from fraudlite.models.training import TrainConfig, prepare_training_data, train_model, training_spec
 
-__all__ = ["generate", "train", "evaluate", "score"]
+__all__ = ["generate", "train", "evaluate", "score", "features"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,3 +196,32 @@ def reason_columns(served, features: np.ndarray, scores: np.ndarray, chunk: int 
                 columns[k][row] = reason.text
     logger.info("score: %d rows at or above the alert threshold explained", len(rows))
     return {f"reason_{k + 1}": column for k, column in enumerate(columns)}
+
+
+def features(
+    data: str,
+    columns: dict[str, str],
+    out: str,
+    engine: str = "local",
+    model: str | None = None,
+    delay_days: int = 7,
+    memory_limit: int | None = None,
+) -> int:
+    """Write the model inputs of every row of ``data`` with tx_id (``data.feature_export``): the features of
+    ``model``'s spec (its extra columns too), else the default spec with ``delay_days``."""
+    from fraudlite.data.feature_export import export_features
+    from fraudlite.data.out_of_core import DEFAULT_MEMORY_LIMIT
+    from fraudlite.features.spec import FeatureSpec
+    from fraudlite.modeldir import ModelDir
+
+    spec = ModelDir.load(model).spec if model else FeatureSpec(delay_days=delay_days)
+    t0 = time.perf_counter()
+    summary = export_features(
+        data, spec, out, columns, engine=engine, memory_limit=memory_limit or DEFAULT_MEMORY_LIMIT
+    )
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "features: rows=%d features=%d engine=%s seconds=%.1f rate=%.0f rows/s out=%s",
+        summary["rows"], summary["features"], engine, seconds, summary["rows"] / max(seconds, 1e-9), out,
+    )  # fmt: skip
+    return 0

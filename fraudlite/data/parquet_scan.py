@@ -38,6 +38,9 @@ __all__ = [
     "integer_ids",
     "duplicate_ids",
     "fit_extras",
+    "row_groups",
+    "read_row_group",
+    "file_columns",
 ]
 
 
@@ -203,30 +206,79 @@ def scan(
     start = 0
     for path in files:
         pf = _parquet(path)
-        names = pf.schema_arrow.names
-        try:
-            cols = _resolve_columns(
-                pd.DataFrame(columns=names), columns, require_label, [c.name for c in extras]
-            )
-        except DataError as e:
-            raise DataError(f"{path}: {e}") from e
-        wanted = ["timestamp", *(("tx_id", "customer_id", "terminal_id", "amount") if core else ())]
-        if core and "label" in cols:
-            wanted.append("label")
-        wanted += [c.name for c in extras]
-        sources = list(dict.fromkeys(cols[w] for w in wanted))
+        cols, wanted, sources = file_columns(path, pf, columns, require_label, extras, core)
         file_row = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=sources, use_pandas_metadata=False):
-            n = batch.num_rows
-            try:
-                chunk = _standardize(batch, cols, wanted, extras, by_value, start, path, file_row)
-            except DataError as e:
-                raise DataError(
-                    f"{path} (rows {file_row + 1}..{file_row + n} of the file, counted there): {e}"
-                ) from e
-            yield chunk
-            start += n
-            file_row += n
+            yield _standardize_rows(batch, cols, wanted, extras, by_value, start, path, file_row)
+            start += batch.num_rows
+            file_row += batch.num_rows
+
+
+def row_groups(files: Sequence[Path]) -> list[tuple[Path, int, int, int]]:
+    """``(file, row group, first input row, first row in the file)`` of every row group, in input order
+    (from the files' footers only): units that can be read on their own, e.g. one per Spark task."""
+    out, start = [], 0
+    for path in files:
+        meta, file_row = _parquet(path).metadata, 0
+        for g in range(meta.num_row_groups):
+            out.append((path, g, start, file_row))
+            n = meta.row_group(g).num_rows
+            start, file_row = start + n, file_row + n
+    return out
+
+
+def read_row_group(
+    path: Path,
+    group: int,
+    start: int,
+    file_row: int,
+    columns: dict[str, str] | None = None,
+    require_label: bool = True,
+    extras: Sequence[ExtraColumn] = (),
+) -> tuple[Chunk, pa.Array]:
+    """One unit of :func:`row_groups` standardized like :func:`scan`, and its tx ids as text.
+
+    Raises:
+        DataError: like ``scan``, naming the file and the rows.
+    """
+    pf = _parquet(path)
+    cols, wanted, sources = file_columns(path, pf, dict(columns or {}), require_label, extras, True)
+    batches = (
+        pf.read_row_group(group, columns=sources, use_pandas_metadata=False).combine_chunks().to_batches()
+    )
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
+    chunk = _standardize_rows(batch, cols, wanted, extras, False, start, path, file_row)
+    return chunk, _text_ids(batch.column(cols["tx_id"]), cols["tx_id"], "tx_id")
+
+
+def file_columns(
+    path: Path, pf: pq.ParquetFile, columns: dict[str, str], require_label: bool, extras, core: bool
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """The logical -> source mapping of one file, the logical columns to read and their sources."""
+    try:
+        cols = _resolve_columns(
+            pd.DataFrame(columns=pf.schema_arrow.names), columns, require_label, [c.name for c in extras]
+        )
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from e
+    wanted = ["timestamp", *(("tx_id", "customer_id", "terminal_id", "amount") if core else ())]
+    if core and "label" in cols:
+        wanted.append("label")
+    wanted += [c.name for c in extras]
+    return cols, wanted, list(dict.fromkeys(cols[w] for w in wanted))
+
+
+def _standardize_rows(
+    batch, cols, wanted, extras, by_value: bool, start: int, path: Path, file_row: int
+) -> Chunk:
+    """``_standardize`` with the file and its rows named in any DataError."""
+    try:
+        return _standardize(batch, cols, wanted, extras, by_value, start, path, file_row)
+    except DataError as e:
+        n = batch.num_rows
+        raise DataError(
+            f"{path} (rows {file_row + 1}..{file_row + n} of the file, counted there): {e}"
+        ) from e
 
 
 def _standardize(
