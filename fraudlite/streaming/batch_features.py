@@ -1,7 +1,8 @@
 """A released batch's features, computed per input partition in one pass.
 
 Before computing, the terminal feed is advanced to the batch's day bound (other members' partitions and
-labels up to ``last day - delay_days``). Each partition's transactions go into the terminal table as
+labels up to ``last day - delay_days``) and fills the gaps of partitions just taken over, even for a batch
+of invalid records only. Each partition's transactions go into the terminal table as
 its features are computed (day by day), unless some were counted before (a batch repeated after a
 rollback: ``TerminalFeed.is_new``); the feed then learns the batch was processed.
 """
@@ -33,9 +34,8 @@ def batch_features(
         One row per valid transaction, or None when the batch has none.
     """
     valid = [(tp, d) for tp, _, d in parts if len(d)]
-    if valid:
-        last_day = max(int(d.ts.max()) for _, d in valid) // SECONDS_PER_DAY
-        feed.advance(last_day - delay_days)
+    last_day = max(int(d.ts.max()) for _, d in valid) // SECONDS_PER_DAY if valid else None
+    feed.advance(None if last_day is None else last_day - delay_days)  # even without valid rows: the gaps
     features = []
     for tp, records, d in parts:
         # The batch's own transactions go into the terminal table as it is computed (day by day),

@@ -157,26 +157,33 @@ class TerminalFeed:
 
     # -- catching up ----------------------------------------------------------------------------------
 
-    def advance(self, bound: int) -> None:
-        """Before scoring a batch whose last day is ``bound + delay_days``.
+    def advance(self, bound: int | None) -> None:
+        """Before every batch of the scorer, whose last day is ``bound + delay_days`` (None: a batch
+        without valid rows, which moves no day bound).
 
         Fills every owned partition's gap up to where the scorer took over, and brings everything else
-        up to day ``bound`` as far as the topics currently go.
+        up to day ``bound`` as far as the topics currently go. The gaps are filled whatever the batch
+        holds: ``add_batch`` moves ``fed`` past the batch, which would otherwise skip a gap for good (a
+        scorer whose first batch after a takeover was one poison record lost the terminal counts of
+        everything before it).
         """
-        moved = self.bound is None or bound > self.bound
+        moved = bound is not None and (self.bound is None or bound > self.bound)
         gaps = {p: start for p, start in self._owned.items() if self.fed.get(p, 0) < start}
         if not moved and not gaps:
             return
-        self.bound = bound if moved else self.bound
         if moved:
+            self.bound = bound
             for tp in list(self._pending):
                 self._apply(tp, *self._pending.pop(tp))
-        active = []
-        for tp in self.partitions:
-            owned = tp.topic == self.transactions_topic and tp.partition in self._owned
-            if owned and tp.partition not in gaps or tp in self._pending:
-                continue
-            active.append(tp)
+        if self.bound is None:  # no day bound yet: only the gaps (records already processed) can be read
+            active = [TopicPartition(self.transactions_topic, p) for p in sorted(gaps)]
+        else:
+            active = []
+            for tp in self.partitions:
+                owned = tp.topic == self.transactions_topic and tp.partition in self._owned
+                if owned and tp.partition not in gaps or tp in self._pending:
+                    continue
+                active.append(tp)
         self._read(active, gaps)
 
     def _read(self, active: list[TopicPartition], gaps: dict[int, int]) -> None:

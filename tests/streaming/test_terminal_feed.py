@@ -15,11 +15,12 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from fraudlite.features.online import TerminalTable
+from fraudlite.features.online import OnlineFeatures, TerminalTable
 from fraudlite.features.spec import SECONDS_PER_DAY, FeatureSpec
 from fraudlite.kafkaio.clients import make_consumer
 from fraudlite.kafkaio.security import KafkaSecurity
 from fraudlite.kafkaio.wire import LabelDecoder, TransactionDecoder
+from fraudlite.streaming.batch_features import batch_features
 from fraudlite.streaming.terminal_feed import TerminalFeed
 from fraudlite.testing.streaming import T0
 
@@ -262,6 +263,41 @@ def test_an_owned_partition_is_read_only_up_to_the_takeover_then_fed_by_batches(
     assert [count(t, d) for d in range(5)] == [1, 1, 1, 1, 1] and feed.fed[0] == 5
     feed.advance(D0 + 10)  # partition 0 stays the scorer's
     assert [count(t, d) for d in range(5)] == [1, 1, 1, 1, 1] and feed.transactions == 6
+
+
+@integration
+def test_a_first_batch_of_invalid_records_only_still_fills_the_takeover_gap(
+    make_feed, topics, produce, consume_all
+):
+    """Regression (the kill -9 test, ~1 run in 5): a scorer that took partition 0 over at offset 3 and
+    whose first batch was one poison record moved ``fed`` past it without reading offsets 0..2, so their
+    terminal counts were lost for good."""
+    tx_topic, _ = topics
+    produce(tx_topic, 0, [tx(0, 0), tx(1, 1), tx(2, 2), b"poison", tx(4, 4)])
+    feed = make_feed()
+    feed.own(0, 3)
+    recs = consume_all(tx_topic, min_count=5)
+    tp = TopicPartition(tx_topic, 0)
+    first = [r for r in recs if r.offset == 3]
+    assert (
+        batch_features(
+            [(tp, first, feed.decoder.decode([r.value for r in first]))],
+            OnlineFeatures(SPEC, feed.table),
+            feed,
+            SPEC.delay_days,
+        )
+        is None
+    )
+    assert [count(feed.table, d) for d in range(5)] == [1, 1, 1, 0, 0] and feed.fed[0] == 4
+    rest = [r for r in recs if r.offset == 4]
+    x = batch_features(
+        [(tp, rest, feed.decoder.decode([r.value for r in rest]))],
+        OnlineFeatures(SPEC, feed.table),
+        feed,
+        SPEC.delay_days,
+    )
+    assert x.shape == (1, SPEC.n_features)
+    assert [count(feed.table, d) for d in range(5)] == [1, 1, 1, 0, 1] and feed.fed[0] == 5
 
 
 @integration
