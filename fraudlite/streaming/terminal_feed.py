@@ -19,7 +19,10 @@ Per transactions partition, ``fed[p]`` is the next offset not yet in the table; 
 never added again (e.g. when the scorer re-processes a batch after an aborted transaction).
 
 This matches the offline computation exactly as long as labels are produced before the transactions
-that may use them (what ``fraudlite replay`` does) and partitions are time-ordered.
+that may use them (what ``fraudlite replay`` does), partitions are time-ordered, and a transaction of day
+``D`` becomes visible only once every partition's transactions of days ``<= D - delay_days`` are (a live
+stream, or ``replay``, does this; one burst writing days far apart to different partitions at once can
+let a member read a partition another member owns before that partition's earlier days arrive).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fraudlite.features.spec import SECONDS_PER_DAY
 from fraudlite.streaming.config import AT_LEAST_ONCE, BatchConfig, ServeConfig, Topics
 from fraudlite.streaming.scorer import Scorer
 from fraudlite.streaming.serve import make_scorer
@@ -224,7 +225,14 @@ def test_two_members_share_partitions(broker, topics, model, data, consume_all):
     while not (b.scorer.online.states and a.scorer.summary.consumed >= half // 2):
         assert time.monotonic() < deadline, "second member never got partitions"
         time.sleep(0.1)
-    produce(broker.bootstrap, t.input, messages[half:])
+    # Day by day, as a live stream arrives: one burst holding days more than delay_days apart in different
+    # partitions could show a member a later day before an earlier one of a partition the other member
+    # owns (the terminal feed reads those only as far as the topic goes), which no live feed does.
+    days = np.asarray(data.ts[half:]) // SECONDS_PER_DAY
+    for day in np.unique(days):
+        produce(
+            broker.bootstrap, t.input, [m for m, d in zip(messages[half:], days, strict=True) if d == day]
+        )
     deadline = time.monotonic() + 60
     while a.scorer.summary.consumed + b.scorer.summary.consumed < N:
         assert time.monotonic() < deadline
