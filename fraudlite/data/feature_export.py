@@ -4,7 +4,7 @@ The file has ``tx_id`` (text), one float32 column per feature in ``spec.names`` 
 has labels, ``label`` (int8); rows in input order. Both engines compute the very same kernels
 (``features.offline``), so they agree to float32 rounding:
 
-* ``local``: a CSV in memory (``compute_features``); Parquet (a file or a directory) out of core through
+* ``local``: a CSV (or a glob) in memory (``compute_features``); Parquet (a file or a directory) out of core through
   a feature store (``data.out_of_core``) in ``memory_limit``, its blocks written as row groups with the
   tx ids read back from the files in the same order;
 * ``spark``: ``data.spark_features`` on the session the usual Spark settings give; the executors read the
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudlite.data.out_of_core import DEFAULT_MEMORY_LIMIT, build_feature_store
-from fraudlite.data.parquet_scan import input_files
+from fraudlite.data.parquet_scan import input_files, is_parquet_input
 from fraudlite.data.transactions import load_transactions, to_arrays
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.offline import compute_features
@@ -74,7 +74,7 @@ def export_features(
         target = tmp / out.name
         if engine == "spark":
             summary = _spark(data, spec, target, columns)
-        elif _is_parquet(data):
+        elif is_parquet_input(data):
             summary = _out_of_core(data, spec, target, columns, memory_limit, tmp)
         else:
             summary = _in_memory(data, spec, target, columns)
@@ -93,11 +93,6 @@ def _replace(target: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(target, out)
-
-
-def _is_parquet(data) -> bool:
-    p = Path(data)
-    return p.is_dir() or p.suffix.lower() == ".parquet" or any(ch in str(data) for ch in "*?[")
 
 
 def _in_memory(data, spec: FeatureSpec, target: Path, columns) -> dict:

@@ -30,6 +30,7 @@ from fraudlite.features.offline import amount_to_cents
 from fraudlite.features.spec import SECONDS_PER_DAY
 
 __all__ = [
+    "is_parquet_input",
     "input_files",
     "count_rows",
     "Chunk",
@@ -42,6 +43,12 @@ __all__ = [
     "read_row_group",
     "file_columns",
 ]
+
+
+def is_parquet_input(path: str | os.PathLike) -> bool:
+    """A Parquet file or a directory: what :func:`input_files` takes (a glob or a CSV is not)."""
+    p = Path(path)
+    return p.is_dir() or (p.suffix.lower() == ".parquet" and p.is_file())
 
 
 def input_files(path: str | os.PathLike) -> list[Path]:

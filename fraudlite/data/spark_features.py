@@ -41,7 +41,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from fraudlite.data.parquet_scan import Chunk, file_columns, input_files, read_row_group, row_groups
+from fraudlite.data.parquet_scan import (
+    Chunk,
+    file_columns,
+    input_files,
+    is_parquet_input,
+    read_row_group,
+    row_groups,
+)
 from fraudlite.data.transactions import load_transactions
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.extras import encode_extras
@@ -333,13 +340,13 @@ def spark_features(
     engine (``data.feature_export``). Returns the row count.
 
     Args:
-        source: a Parquet file or directory (read by the executors, see ``scan_frame``), or a CSV (read by
+        source: a Parquet file or directory (read by the executors, see ``scan_frame``), or a CSV or glob (read by
             the driver).
         buckets: customer (terminal) groups; 0 (default): about ``ROWS_PER_GROUP`` rows per group and at
             least two groups per core of the session; None: one group per customer (terminal).
     """
     started = time.perf_counter()
-    if Path(source).suffix.lower() == ".csv":
+    if not is_parquet_input(source):  # a CSV or a glob: the driver reads it
         df = load_transactions(source, columns, extras=spec.extra_columns)
         frame, n = spark_frame(spark, spec, df), len(df)
         del df

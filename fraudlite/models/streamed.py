@@ -44,7 +44,7 @@ from fraudlite.data.out_of_core import (
     Progress,
     build_feature_store,
 )
-from fraudlite.data.parquet_scan import count_rows, fit_extras, input_files
+from fraudlite.data.parquet_scan import count_rows, fit_extras, input_files, is_parquet_input
 from fraudlite.data.transactions import format_day
 from fraudlite.errors import ConfigError, DataError
 from fraudlite.features.extras import ExtraColumn
@@ -97,7 +97,7 @@ def should_stream(data: str | os.PathLike, config: StreamConfig) -> bool:
     p = Path(data)
     if config.force or p.is_dir():
         return True
-    if p.suffix.lower() != ".parquet" or not p.is_file():
+    if not is_parquet_input(p):
         return False
     rows = count_rows([p])
     if rows * IN_MEMORY_ROW_BYTES > config.memory_limit:

@@ -70,6 +70,14 @@ def test_local_csv_in_memory_and_delay_days(tmp_path):
     assert not np.array_equal(X, _expected(FeatureSpec(), tmp_path / "d.csv")[0])  # the delay is used
 
 
+def test_a_glob_of_parquet_files_is_read_in_memory(tmp_path):
+    df = _data(days=12)
+    _write_dir(df, tmp_path / "in", parts=2)
+    out = tmp_path / "f.parquet"
+    assert main(["features", "--data", str(tmp_path / "in" / "part-*.parquet"), "--out", str(out)]) == 0
+    np.testing.assert_array_equal(_features(out)[1], _expected(FeatureSpec(), tmp_path / "in")[0])
+
+
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     _data(days=10).drop(columns=["amount"]).to_parquet(tmp_path / "d.parquet", index=False)
     out = tmp_path / "f.parquet"
