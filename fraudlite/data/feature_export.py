@@ -134,9 +134,8 @@ class _TxIds:
     def take(self, n: int) -> pa.Array:
         parts, have = [], 0
         while have < n:
-            chunk, self._rest = (
-                (self._rest, None) if self._rest is not None else (next(self._batches, None), None)
-            )
+            chunk = self._rest if self._rest is not None else next(self._batches, None)
+            self._rest = None
             if chunk is None:
                 raise DataError(f"internal: fewer tx ids than feature rows ({have:,} < {n:,})")
             parts.append(chunk)

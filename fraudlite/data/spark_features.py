@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fraudlite.data.parquet_scan import (
-    Chunk,
+    count_rows,
     file_columns,
     input_files,
     is_parquet_input,
@@ -132,23 +132,23 @@ def _input_schema(spec: FeatureSpec, has_label: bool) -> str:
     return f"{POS} long, tx_id string, ts long, customer_id string, terminal_id string, cents long{label}{extras}"
 
 
-def _input_rows(spec: FeatureSpec, chunk: Chunk, tx_id) -> pd.DataFrame:
-    """One standardized chunk as the input frame's rows (``_input_schema``)."""
-    import pandas as pd
-
+def _input_columns(
+    spec: FeatureSpec, start: int, tx_id, ts, customer_id, terminal_id, cents, label, extras
+) -> dict[str, np.ndarray]:
+    """The input frame's columns (``_input_schema``) for rows ``start ..`` of the input."""
     out = {
-        POS: np.arange(chunk.start, chunk.start + len(chunk), dtype=np.int64),
+        POS: np.arange(start, start + len(ts), dtype=np.int64),
         "tx_id": np.asarray(tx_id, dtype=object),
-        "ts": chunk.ts,
-        "customer_id": chunk.customer.to_numpy(zero_copy_only=False),
-        "terminal_id": chunk.terminal.to_numpy(zero_copy_only=False),
-        "cents": chunk.amount_cents,
+        "ts": np.asarray(ts, dtype=np.int64),
+        "customer_id": np.asarray(customer_id, dtype=object),
+        "terminal_id": np.asarray(terminal_id, dtype=object),
+        "cents": np.asarray(cents, dtype=np.int64),
     }
-    if chunk.label is not None:
-        out["label"] = chunk.label
+    if label is not None:
+        out["label"] = np.asarray(label, dtype=np.int8)
     for j, c in enumerate(spec.extra_columns):
-        out[_extra_column(j)] = chunk.extras[c.name].astype(_extra_dtype(c.kind))
-    return pd.DataFrame(out)
+        out[_extra_column(j)] = np.asarray(extras[c.name]).astype(_extra_dtype(c.kind))
+    return out
 
 
 def scan_frame(
@@ -165,17 +165,25 @@ def scan_frame(
     extras = spec.extra_columns
     for f in files:  # a missing column is named here, before any task runs
         file_columns(f, pq.ParquetFile(f), cols, has_label, extras, True)
-    rows = sum(_parquet_rows(f) for f in files)
+    rows = count_rows(files)
 
     def read_udf(batches):
+        import pandas as pd
+
         for batch in batches:
             for path, group, start, file_row in zip(
                 batch["path"], batch["group"], batch["start"], batch["file_row"], strict=True
             ):
-                chunk, tx_id = read_row_group(
+                c, tx_id = read_row_group(
                     Path(path), int(group), int(start), int(file_row), cols, has_label, extras
                 )
-                yield _input_rows(spec, chunk, tx_id.to_numpy(zero_copy_only=False))
+                yield pd.DataFrame(
+                    _input_columns(
+                        spec, c.start, tx_id.to_numpy(zero_copy_only=False), c.ts,
+                        c.customer.to_numpy(zero_copy_only=False), c.terminal.to_numpy(zero_copy_only=False),
+                        c.amount_cents, c.label, c.extras,
+                    )
+                )  # fmt: skip
 
     table = spark.createDataFrame(
         [(str(p), g, start, file_row) for p, g, start, file_row in units],
@@ -185,28 +193,16 @@ def scan_frame(
     return frame, rows
 
 
-def _parquet_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 def spark_frame(spark: SparkSession, spec: FeatureSpec, df: pd.DataFrame) -> DataFrame:
     """A standard frame held by the driver (a CSV's) as the input frame (``_input_schema``)."""
-    import pyarrow as pa
+    import pandas as pd
 
-    columns: dict[str, pa.Array] = {
-        POS: pa.array(np.arange(len(df), dtype=np.int64)),
-        "tx_id": pa.array(df["tx_id"].to_numpy(dtype=object), type=pa.string()),
-        "ts": pa.array(df["ts"].to_numpy(dtype=np.int64)),
-        "customer_id": pa.array(df["customer_id"].to_numpy(dtype=object), type=pa.string()),
-        "terminal_id": pa.array(df["terminal_id"].to_numpy(dtype=object), type=pa.string()),
-        "cents": pa.array(amount_to_cents(df["amount"].to_numpy(dtype=np.float64))),
-    }
-    if "label" in df:
-        columns["label"] = pa.array(df["label"].to_numpy(dtype=np.int8))
-    for j, c in enumerate(spec.extra_columns):
-        kind = pa.string() if c.kind == "categorical" else pa.float64()
-        columns[_extra_column(j)] = pa.array(df[c.name].to_numpy(dtype=_extra_dtype(c.kind)), type=kind)
-    return spark.createDataFrame(pa.table(columns))
+    columns = _input_columns(
+        spec, 0, df["tx_id"], df["ts"], df["customer_id"], df["terminal_id"],
+        amount_to_cents(df["amount"].to_numpy(dtype=np.float64)), df["label"] if "label" in df else None,
+        {c.name: df[c.name].to_numpy() for c in spec.extra_columns},
+    )  # fmt: skip
+    return spark.createDataFrame(pd.DataFrame(columns), schema=_input_schema(spec, "label" in df))
 
 
 def _schema(spec: FeatureSpec, names: list[str]) -> str:
