@@ -26,6 +26,7 @@ SECTIONS = [
     "bench_shipping",
     "bench_state",
     "bench_streaming",
+    "bench_latency",
     "bench_retrain",
     "bench_reliability",
     "bench_explain",
