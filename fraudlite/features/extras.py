@@ -114,6 +114,13 @@ class ExtraColumn:
     def width(self) -> int:
         return len(self.input_names)
 
+    @property
+    def indicators(self) -> list[bool]:
+        """Per input: whether it is a 0/1 indicator (one-hot, hash bucket, bool, missing flag), which a
+        model does not scale: dividing a rare category's column by its std turns its 1 into
+        ~1/sqrt(share) (31 at 0.1%), an input that swamps the others."""
+        return [False, True] if self.kind == "numeric" else [True] * self.width
+
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Canonical values (see module docstring) -> float64 (n, width)."""
         n = len(values)

@@ -31,6 +31,8 @@ import json
 import zlib
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from fraudlite.errors import ConfigError
 from fraudlite.features.extras import ExtraColumn
 
@@ -127,6 +129,15 @@ class FeatureSpec:
     @property
     def n_features(self) -> int:
         return len(self.names)
+
+    @property
+    def indicator_inputs(self) -> np.ndarray:
+        """bool [n_features]: the extra columns' 0/1 indicator inputs (``ExtraColumn.indicators``), which
+        training centres but does not scale (std 1)."""
+        flags = [False] * self.n_builtin_features
+        for c in self.extra_columns:
+            flags += c.indicators
+        return np.array(flags, dtype=bool)
 
     def to_dict(self, names: bool = True) -> dict:
         """The parameters, plus the derived ``names`` (a check when read back) unless ``names=False``."""

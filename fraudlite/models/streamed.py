@@ -356,6 +356,7 @@ def train_streamed(
     fitted = fit_arrays(
         config, sample.X_train, sample.y_train, sample.X_valid, sample.y_valid, stats=sample.stats,
         negative_rate=rate, window_counts=(n_legit, counts.n_train_fraud), epoch_scale=scale,
+        indicators=spec.indicator_inputs,
     )  # fmt: skip
     training = {
         "out_of_core": True,

@@ -89,6 +89,23 @@ def test_the_spec_records_the_extras_and_score_reads_them(models, data, tmp_path
     assert len(pd.read_csv(out)) == len(pd.read_csv(data, usecols=["tx_id"]))
 
 
+def test_indicator_inputs_are_centred_but_not_scaled(models):
+    """One-hot, bool and missing-flag inputs keep unit scale in the model (a rare category's column
+    divided by its std would reach ~1/sqrt(share)); the numeric value and the built-in inputs are scaled."""
+    from fraudlite.compression.served import open_model
+
+    served = open_model(models["with"])
+    mean, std = served.normalization()
+    names, flags = served.spec.names, served.spec.indicator_inputs
+    assert [n for n, f in zip(names, flags, strict=True) if f] == [
+        "chan=atm", "chan=ecom", "chan=moto", "chan=pos", "chan=<other>", "dev_missing", "cp",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(std[flags], 1.0)
+    assert np.all(std[~flags] != 1.0)
+    share = mean[names.index("chan=ecom")]
+    assert 0.2 < share < 0.4  # centred on its training share: the reason codes' reference stays the mean
+
+
 def test_columns_maps_an_extra_column_like_a_core_one(models, data, tmp_path):
     renamed = tmp_path / "renamed.csv"
     pd.read_csv(data, dtype={"tx_id": str}).rename(columns={"dev": "device_risk"}).to_csv(
