@@ -32,6 +32,10 @@ import numpy as np
 RATE, SECONDS, WARMUP_S, ROUNDS, PARTITIONS = 1000.0, 20.0, 2.0, 3, 4
 TARGET_P99_MS = {"exactly-once": 25.0, "at-least-once": 10.0}
 STAGES = ("decode", "features", "inference", "produce", "commit")
+FLOOR_LABELS = {
+    "create -> acked": "create -> acked by the broker (the producer's side)",
+    "end to end": "create -> in the consumer's hands",
+}
 PARTS = ("create -> polled", "polled -> released", "released -> committed", "end to end")
 
 
@@ -266,11 +270,8 @@ def _section(runs: dict[str, list[dict]], model_note: str, rounds: int) -> str:
         floor = name.startswith("floor")
         parts = ["create -> acked", "end to end"] if floor else [*PARTS, *(f"stage {s}" for s in STAGES)]
         for part in parts:
-            label = {"end to end": "create -> in the consumer's hands" if floor else part}.get(part, part)
-            if part == "create -> acked":
-                label = "create -> acked by the broker (the producer's side)"
-            if part.startswith("stage"):
-                label = f"{part} (per batch)"
+            label = FLOOR_LABELS.get(part, part) if floor else part
+            label += " (per batch)" if part.startswith("stage") else ""
             lines.append(
                 f"| {name} | {label} | " + " | ".join(f"{_median(rs, part, q):.1f}" for q in q3) + " |"
             )
