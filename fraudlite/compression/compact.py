@@ -15,10 +15,10 @@ smaller. Per layer:
 - the sparse positions of the kept weights (layers with a mask) as *relative* indices: the number of
   pruned entries skipped before each kept one, row-major (Deep Compression's relative indexing,
   without its fixed-width padding entries);
-- with a codebook: ``k``, the centroids and the codebook index of each kept weight; a layer QAT snapped
-  to its per-row int8 grid (format 3): the integer of each kept weight (the scales are in the
-  quantization trailer, so these weights cost ~8 bits or less instead of 16-32); else the kept weights
-  themselves.
+- with a codebook: ``k``, the centroids and each kept weight's index (ternary: ``k = 3``, 2 bits before
+  entropy coding); a layer on a per-row grid ``W = scale_j * q``, ``|q| <= qmax`` (QAT at 2..8 bits,
+  binary): ``qmax`` and the float32 scales (format 4; format 3: 127, scales in the trailer) and each
+  kept ``q + qmax`` (``bits`` wide before entropy coding, a binary code ~1 bit); else the weights.
 
 Every integer stream (gaps, indices) is coded (:mod:`fraudlite.compression.entropy`) by whichever of
 fixed-width, Golomb-Rice or canonical Huffman is smallest for it (2-bit tag; a Huffman table is stored
@@ -62,8 +62,8 @@ __all__ = [
 ]
 
 MAGIC = b"FLc"
-_VERSION = 3  # 3: QAT layers as integers on their int8 grid; 2: floats drop their zero low bits; 1, 2 decode
-QMAX = 127  # the symmetric int8 grid of QAT weights (fraudlite.compression.qat.QMAX_W)
+_VERSION = 4  # 4: grid layers carry qmax and their scales; 3: int8 grids; 2: floats drop zero low bits
+QMAX = 127  # the largest grid (int8, fraudlite.compression.qat.QMAX_W); format 3's only one
 _F32, _F16, _BF16, _SORTED = 0, 1, 2, 3
 
 
@@ -207,8 +207,10 @@ def encode_compact(c: CompressedMLP, *, keep_stages: bool = False) -> bytes:
     _write_floats(w, c.mean)
     _write_floats(w, c.std)
     quant = c.quant or [None] * len(c.layers)
-    for (weight, bias), mask, cb, q in zip(c.layers, c.masks, c.codebooks, quant, strict=True):
-        grid = None if cb is not None else _int_grid(weight, mask, q)
+    trailer = None if c.quant is None else [dict(q) for q in c.quant]
+    for i, (weight, bias) in enumerate(c.layers):
+        mask, cb, q = c.masks[i], c.codebooks[i], quant[i]
+        grid, qmax = (None, 0) if cb is not None else _int_grid(weight, mask, q)
         w.write(int(mask is not None) | (int(cb is not None) << 1) | (int(grid is not None) << 2), 3)
         _write_floats(w, bias)
         flat_mask = None if mask is None else mask.reshape(-1)
@@ -223,14 +225,20 @@ def encode_compact(c: CompressedMLP, *, keep_stages: bool = False) -> bytes:
             _write_floats(w, centroids)
             flat = indices.reshape(-1)
             encode_ints(w, flat if flat_mask is None else flat[flat_mask], alphabet=len(centroids))
-        elif grid is not None:  # the scales are in the quant trailer
+        elif grid is not None:
+            w.gamma(qmax - 1)
+            inline = _float32_scales(q["weight_scale"])
+            w.write(int(inline), 1)
+            if inline:  # else they stay in the quant trailer
+                _write_floats(w, np.asarray(q["weight_scale"], dtype=np.float32))
+                del trailer[i]["weight_scale"]
             flat = grid.reshape(-1)
-            encode_ints(w, (flat if flat_mask is None else flat[flat_mask]) + QMAX, alphabet=2 * QMAX + 1)
+            encode_ints(w, (flat if flat_mask is None else flat[flat_mask]) + qmax, alphabet=2 * qmax + 1)
         else:
             flat = weight.reshape(-1)
             _write_floats(w, flat if flat_mask is None else flat[flat_mask])
-    if c.quant is not None:
-        _write_blob(w, c.quant)
+    if trailer is not None:
+        _write_blob(w, trailer)
     if keep_stages:
         _write_blob(w, c.stages)
     data = MAGIC + bytes([_VERSION]) + w.getvalue()
@@ -267,7 +275,7 @@ def decode_compact(data: bytes) -> CompressedMLP:
     data = bytes(data)
     if data[:3] != MAGIC:
         raise ModelDirError("not a fraudlite compact artifact (bad magic)")
-    if len(data) < 4 or data[3] not in (1, 2, _VERSION):
+    if len(data) < 4 or data[3] not in (1, 2, 3, _VERSION):
         raise ModelDirError(f"unsupported compact artifact version {data[3] if len(data) > 3 else None}")
     version = data[3]
     r = BitReader(data[4:])
@@ -278,7 +286,7 @@ def decode_compact(data: bytes) -> CompressedMLP:
     mean = _read_floats(r, n_features, version)
     std = _read_floats(r, n_features, version)
     layers, masks, codebooks = [], [], []
-    grids: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # scaled once the quant trailer is read
+    grids: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]] = []  # scaled after the trailer
     for i in range(n_layers):
         shape = (widths[i + 1], widths[i])
         size = shape[0] * shape[1]
@@ -313,7 +321,9 @@ def decode_compact(data: bytes) -> CompressedMLP:
             cb = (centroids, indices.reshape(shape))
         elif has & 4:
             n = size if mask is None else int(mask.sum())
-            grids.append((i, decode_ints(r, n, alphabet=2 * QMAX + 1) - QMAX, mask))
+            qmax = r.gamma(limit=QMAX - 1) + 1 if version >= 4 else QMAX
+            scales = _read_floats(r, shape[0], version) if version >= 4 and r.bit() else None
+            grids.append((i, decode_ints(r, n, alphabet=2 * qmax + 1) - qmax, mask, scales))
         else:
             n = size if mask is None else int(mask.sum())
             values = _read_floats(r, n, version)
@@ -326,28 +336,37 @@ def decode_compact(data: bytes) -> CompressedMLP:
         codebooks.append(cb)
     quant = _read_blob(r) if flags & 1 else None
     stages = _read_blob(r) if flags & 2 else []
-    for i, q, mask in grids:
-        if quant is None or len(quant) != n_layers:
+    for i, q, mask, scales in grids:
+        ok = quant is not None and len(quant) == n_layers and isinstance(quant[i], dict)
+        if ok and scales is not None:
+            quant[i]["weight_scale"] = [float(x) for x in scales]
+        if not ok or len(quant[i].get("weight_scale") or []) != layers[i][0].shape[0]:
             raise ModelDirError("compact artifact is corrupt (integer weights without their scales)")
         layers[i] = (_from_grid(q, mask, quant[i]["weight_scale"], layers[i][0].shape), layers[i][1])
     return CompressedMLP(layers, mean, std, masks, codebooks, quant, stages)
 
 
-def _int_grid(weight: np.ndarray, mask: np.ndarray | None, q: dict | None) -> np.ndarray | None:
-    """The integers ``k`` (|k| <= QMAX) with ``weight == float32(k * scale_row)`` bit-exactly at every kept
-    entry, when QAT snapped the layer to its per-row int8 grid; else None (stored as floats)."""
+def _float32_scales(scales: list) -> bool:
+    """Whether ``scales`` come back equal (as JSON) from float32: then they are stored in the stream."""
+    return all(type(s) is float and float(np.float32(s)) == s for s in scales)
+
+
+def _int_grid(weight: np.ndarray, mask: np.ndarray | None, q: dict | None) -> tuple[np.ndarray | None, int]:
+    """``(k, qmax)``: the integers (``|k| <= qmax``, the grid's ``weight_qmax``, 127 when not given) with
+    ``weight == float32(k * scale_row)`` bit-exactly at every kept entry, when a quantization stage
+    snapped the layer to its per-row grid; else ``(None, 0)`` (stored as floats)."""
     if not q or len(q.get("weight_scale") or []) != weight.shape[0]:
-        return None
+        return None, 0
+    qmax = q.get("weight_qmax", QMAX)
     scale = np.asarray(q["weight_scale"], dtype=np.float32)[:, None]
-    if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-        return None
+    if type(qmax) is not int or not 1 <= qmax <= QMAX or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+        return None, 0
     k = np.round(weight / scale)
     kept = np.ones(weight.shape, dtype=bool) if mask is None else mask
     k = np.where(kept, k, 0)
-    if np.any(np.abs(k) > QMAX):
-        return None
     back = _from_grid(k[kept].astype(np.int64), mask, q["weight_scale"], weight.shape)
-    return k.astype(np.int64) if back.tobytes() == weight.tobytes() else None
+    exact = not np.any(np.abs(k) > qmax) and back.tobytes() == weight.tobytes()
+    return (k.astype(np.int64), qmax) if exact else (None, 0)
 
 
 def _from_grid(k: np.ndarray, mask: np.ndarray | None, scales: list, shape: tuple[int, int]) -> np.ndarray:
@@ -363,7 +382,8 @@ def _from_grid(k: np.ndarray, mask: np.ndarray | None, scales: list, shape: tupl
 
 
 def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
-    """Approximate bytes per part of the artifact (stats, biases, positions, codebooks, indices/values).
+    """Approximate bytes per part of the artifact (stats, biases, positions, codebooks or grid scales,
+    indices/values).
 
     Each part is measured by encoding it alone, so the parts add up to roughly the artifact size.
     """
@@ -378,7 +398,7 @@ def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
     bits["stats"] = cost(lambda w: (_write_floats(w, c.mean), _write_floats(w, c.std)))
     quant = c.quant or [None] * len(c.layers)
     for (weight, bias), mask, cb, q in zip(c.layers, c.masks, c.codebooks, quant, strict=True):
-        grid = None if cb is not None else _int_grid(weight, mask, q)
+        grid, qmax = (None, 0) if cb is not None else _int_grid(weight, mask, q)
         bits["biases"] += cost(lambda w, b=bias: _write_floats(w, b))
         flat_mask = None if mask is None else mask.reshape(-1)
         if flat_mask is not None:
@@ -392,10 +412,12 @@ def compact_breakdown(c: CompressedMLP) -> dict[str, int]:
             sel = flat if flat_mask is None else flat[flat_mask]
             k = len(cb[0])
             bits["weights"] += cost(lambda w, s=sel, k=k: encode_ints(w, s, alphabet=k))
-        elif grid is not None:
+        elif grid is not None:  # the per-row scales count as the grid's codebook
+            if _float32_scales(q["weight_scale"]):
+                bits["codebooks"] += cost(lambda w, q=q: _write_floats(w, np.float32(q["weight_scale"])))
             flat = grid.reshape(-1)
-            sel = (flat if flat_mask is None else flat[flat_mask]) + QMAX
-            bits["weights"] += cost(lambda w, s=sel: encode_ints(w, s, alphabet=2 * QMAX + 1))
+            sel = (flat if flat_mask is None else flat[flat_mask]) + qmax
+            bits["weights"] += cost(lambda w, s=sel, a=2 * qmax + 1: encode_ints(w, s, alphabet=a))
         else:
             flat = weight.reshape(-1)
             sel = flat if flat_mask is None else flat[flat_mask]

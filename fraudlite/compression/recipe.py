@@ -30,9 +30,9 @@ Example (abridged; the built-in default is :data:`DEFAULT_RECIPE_TOML`)::
     [teacher]
     members = 3               # distil from the source + 2 more seeds of it (kd_teacher = "source")
 
-Each stage's settings are the fields of its technique's config dataclass (``DistillConfig``,
-``PruneConfig``, ``StructuredConfig``, ``ClusterConfig``, ``QATConfig``); an unknown stage, section or
-setting is a :class:`ConfigError` naming it and listing the valid names.
+Each stage's settings are the fields of its technique's config dataclass (``DistillConfig``, ``PruneConfig``,
+``StructuredConfig``, ``ClusterConfig``, ``QATConfig`` (``bits`` 2..8), ``TernaryConfig``, ``BinaryConfig``); an
+unknown stage, section or setting is a :class:`ConfigError` naming it and listing the valid names.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "structured": ("fraudlite.compression.prune", "StructuredConfig", "structured_prune_stage"),
     "cluster": ("fraudlite.compression.cluster", "ClusterConfig", "cluster_stage"),
     "qat": ("fraudlite.compression.qat", "QATConfig", "qat_stage"),
+    "ternary": ("fraudlite.compression.lowbit", "TernaryConfig", "ternary_stage"),
+    "binary": ("fraudlite.compression.lowbit", "BinaryConfig", "binary_stage"),
 }
 
 FORMS = ("auto", "ort-dense", "numpy-dense", "numpy-sparse", "ort-folded", "numpy-folded")

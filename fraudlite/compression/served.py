@@ -9,6 +9,12 @@ load (which loads onnxruntime, ~0.1 s) and the chosen one serves; ``ServedModel.
 why. A trained (fp32) model, and a
 compressed directory of format 1 (which still ships ``model.onnx``), run their ONNX file in ONNX Runtime.
 
+Low-bit weights (QAT at 2..4 bits, ternary codebooks, binary +-scale rows) ship in their bit width and
+serve their decoded float32 weights through the same forms: ONNX Runtime's only sub-8-bit weight kernel
+on CPU, ``com.microsoft.MatMulNBits``, measured slower than the float32 MatMul on these MLP widths
+(32-64-32-1, ORT 1.32, one thread: 4-bit 0.85-0.9x, 2-bit 0.4-0.7x the rows/s at batch 1 and 256), and
+ternary or binary matmuls have no kernel at all; at these sizes the weights are cache-resident anyway.
+
 numpy only at import (plus onnxruntime when an ONNX form is built): no torch, no pandas, no onnx.
 """
 

@@ -13,9 +13,11 @@ Conventions (checked by :meth:`CompressedMLP.validate`):
   an encoder may skip them). ``k <= 256``.
 - ``quant[i]`` (after QAT; see :mod:`fraudlite.compression.qat`): JSON-ready dict with
   ``weight_scale`` (list[float], one per output unit), ``weight_zero_point`` (list[int], zeros:
-  symmetric int8), ``input_scale`` (float), ``input_zero_point`` (int, uint8 asymmetric),
-  ``input_min``/``input_max`` (calibrated range of the layer input), ``per_channel`` (bool) and
-  ``bits`` (8). ``quant`` is None when no quantization stage ran.
+  symmetric), ``weight_qmin``/``weight_qmax`` (the integer grid), ``input_scale`` (float),
+  ``input_zero_point`` (int, uint8 asymmetric), ``input_min``/``input_max`` (calibrated range of the
+  layer input), ``per_channel`` (bool) and ``bits`` (2..8; 1 for binary weights, which are weight-only:
+  no ``input_*``, see :mod:`fraudlite.compression.lowbit`). ``quant`` is None when no quantization
+  stage ran.
 - ``stages``: one JSON-ready dict per stage that produced this state, in order
   (``{"name": ..., "params": {...}, ...}``).
 """
@@ -216,7 +218,7 @@ class CompressedMLP:
     def storage_bits(self) -> int:
         """A rough size estimate in bits (for tests and search ordering; the compact encoder is exact).
 
-        Per layer: kept weights x bits per weight (index bits when clustered, 8 when quantized, else 32),
+        Per layer: kept weights x bits per weight (index bits when clustered, ``bits`` when quantized, else 32),
         plus ``log2(1 / density)`` bits per kept weight for the positions of a masked layer, plus the
         codebook (32 bits per centroid) and 32-bit biases; 64 bits per input feature for the stats.
         """
@@ -226,7 +228,7 @@ class CompressedMLP:
             self.layers, self.masks, self.codebooks, quant, self.cluster_bits(), strict=True
         ):
             kept = w.size if mask is None else int(mask.sum())
-            per_weight = kb if kb is not None else (8 if q is not None else 32)
+            per_weight = kb if kb is not None else (int(q.get("bits", 8)) if q is not None else 32)
             if mask is not None and kept:
                 per_weight += max(1.0, float(np.log2(w.size / kept)))
             bits += int(np.ceil(kept * per_weight)) + 32 * b.size + (32 * len(cb[0]) if cb is not None else 0)

@@ -38,19 +38,35 @@ def _floats(rng: np.random.Generator, shape, kind: str, scale: float = 1.0) -> n
 
 @st.composite
 def compressed_mlps(draw) -> CompressedMLP:
-    """Random shapes, sparsity (0..1 inclusive), codebooks (k 1..256, skewed or uniform), float kinds."""
+    """Random shapes, sparsity (0..1 inclusive), codebooks (k 1..256, skewed or uniform), per-row integer
+    grids (qmax 1..127, scales float32 or not), float kinds."""
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     n_features = draw(st.integers(1, 24))
     hidden = draw(st.lists(st.integers(1, 40), min_size=0, max_size=3))
     widths = [n_features, *hidden, 1]
     kind = draw(st.sampled_from(FLOAT_KINDS))
-    layers, masks, codebooks = [], [], []
+    layers, masks, codebooks, grids = [], [], [], []
     for a, b in zip(widths[:-1], widths[1:], strict=True):
         masked = draw(st.booleans())
         density = draw(st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]))
         mask = rng.random((b, a)) < density if masked else None
-        if draw(st.booleans()):
+        grid = None
+        kind_of_layer = draw(st.sampled_from(["codebook", "floats", "grid"]))
+        if kind_of_layer == "grid":
+            qmax = draw(st.sampled_from([1, 3, 7, 127]))
+            scales = np.abs(_floats(rng, b, kind)) + np.float32(0.01)
+            codes = rng.integers(-qmax, qmax + 1, (b, a)).astype(np.float32)
+            w = (codes * scales[:, None]).astype(np.float32) + np.float32(0)
+            if mask is not None:
+                w = np.where(mask, w, np.float32(0))
+            exact = draw(st.booleans())  # else the scales are not float32 values (stay in the trailer)
+            grid = {"weight_scale": [float(x) + (0.0 if exact else 1e-12) for x in scales], "bits": 8,
+                    "weight_qmax": qmax}  # fmt: skip
+            if not exact:
+                w = np.zeros_like(w)  # the inexact scales would not reproduce w; zeros do
+            cb = None
+        elif kind_of_layer == "codebook":
             k = draw(st.sampled_from([1, 2, 5, 16, 33, 256]))
             centroids = np.sort(_floats(rng, k, kind))
             p = rng.dirichlet(np.full(k, draw(st.sampled_from([0.2, 1.0, 10.0]))))
@@ -69,13 +85,17 @@ def compressed_mlps(draw) -> CompressedMLP:
         layers.append((w.astype(np.float32), _floats(rng, b, kind)))
         masks.append(mask)
         codebooks.append(cb)
+        grids.append(grid)
     mean = _floats(rng, n_features, kind, 10.0)
     std = np.abs(_floats(rng, n_features, kind)) + np.float32(0.5)
     if kind == "fp16":
         std = std.astype(np.float16).astype(np.float32)
     quant = None
-    if draw(st.booleans()):
-        quant = [{"weight_scale": [0.01] * w.shape[0], "input_scale": 0.02, "bits": 8} for w, _ in layers]
+    if draw(st.booleans()) or any(g is not None for g in grids):
+        quant = [
+            {"weight_scale": [0.01] * w.shape[0], "input_scale": 0.02, "bits": 8, **(g or {})}
+            for (w, _), g in zip(layers, grids, strict=True)
+        ]
     stages = [{"name": "prune", "params": {"sparsity": 0.5}}] if draw(st.booleans()) else []
     return CompressedMLP(layers, mean, std, masks, codebooks, quant, stages)
 
@@ -262,7 +282,7 @@ def test_format_version_1_artifacts_still_decode() -> None:
     assert back.std.tolist() == [1.5, 0.25, 3.0]
     assert back.masks[0].sum() == 6
     np.testing.assert_allclose(back.logits(np.float32([[1, 2, 3]])), [-23.741798], rtol=1e-6)
-    assert encode_compact(back)[3] == 3  # re-encoding writes the current format
+    assert encode_compact(back)[3] == 4  # re-encoding writes the current format
     assert decode_compact(encode_compact(back)).equals(back)
 
 
@@ -281,3 +301,65 @@ def test_qat_layers_ship_as_integers_on_their_grid(make_state) -> None:
     floats = CompressedMLP(layers, c.mean, c.std, c.masks, quant=[{"bits": 8}] * len(layers))
     assert decode_compact(encode_compact(q)).equals(q)
     assert len(encode_compact(q)) < 0.75 * len(encode_compact(floats))
+
+
+# written by format version 3 (int8 grids, their scales in the quantization trailer): a [3, 4, 1] model,
+# both layers snapped to per-row int8 grids, fp16 stats and biases.
+_V3_ARTIFACT = bytes.fromhex(
+    "464c630353222ce3d0451f34863b480b958bc38b64108e40094001a4f007049fe88728a2636117ebffcca0231e36ab7396"
+    "c2b08c0511746e790ef21f77e914ca696a05035216db11540e9de8e808fc1dec4e673d8643995750a4d88a38df16fef96e"
+    "2fc32860477a25c7b0dd7ab9ea631ada0e21bed413b9d7f635a480225675374e44c9e3c55071307204ac60481f040d60c2"
+    "a4006e0a7c76f234250942e9270124dd16ff32cb5c05451c2bbce2866d76ee85e7a39104c0"
+)
+
+
+def test_format_version_3_artifacts_still_decode() -> None:
+    back = decode_compact(_V3_ARTIFACT)
+    assert back.shapes == [(4, 3), (1, 4)] and back.quant[0]["input_zero_point"] == 3
+    assert back.layers[1][0].tolist() == [[0.4826500713825226, -0.2413250356912613, 0.9577587246894836,
+                                           -0.19607658684253693]]  # fmt: skip
+    np.testing.assert_allclose(back.logits(np.float32([[1, 2, 3]])), [-0.27874878], rtol=1e-6)
+    again = encode_compact(back)
+    assert again[3] == 4 and len(again) < len(_V3_ARTIFACT)  # scales now in the stream, not the JSON
+    assert decode_compact(again).equals(back)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_low_bit_grids_cost_their_bit_width(make_state, bits: int) -> None:
+    """A dense ``bits``-bit layer's codes cost at most ``bits`` bits a weight (the fixed-width fallback),
+    its scales 16 bits a row when float16 values; decoding is bit-exact."""
+    from fraudlite.compression.qat import compute_weight_scales, snap_to_grid, weight_qmax
+
+    c = make_state(hidden=(64, 32))
+    qmax = weight_qmax(bits)
+    layers, quant = [], []
+    for w, b in c.layers:
+        scale = compute_weight_scales(w, True, bits, "mse").astype(np.float16).astype(np.float32)
+        layers.append((snap_to_grid(w, scale, qmax), b))
+        quant.append({"weight_scale": [float(x) for x in scale], "weight_qmax": qmax, "bits": bits})
+    q = CompressedMLP(layers, c.mean, c.std, quant=quant)
+    data = encode_compact(q)
+    assert decode_compact(data).equals(q)
+    parts = compact_breakdown(q)
+    assert parts["weights"] * 8 <= bits * q.n_weights() + 3 * 8 * 4  # + each layer's coder header
+    assert parts["codebooks"] * 8 <= 16 * 97 + 3 * 8  # 97 rows
+
+
+def test_binary_and_ternary_codes_cost_one_and_two_bits(make_state) -> None:
+    """Sign-times-scale rows (two codes of the qmax = 1 grid) cost ~1 bit a weight; a k = 3 codebook's
+    indices at most 2 bits; both decode bit-exactly."""
+    c = make_state(hidden=(64, 32))
+    binary_layers, quant, ternary_layers, codebooks = [], [], [], []
+    for w, b in c.layers:
+        alpha = np.abs(w).mean(axis=1).astype(np.float16).astype(np.float32)
+        binary_layers.append((np.where(w >= 0, 1, -1).astype(np.float32) * alpha[:, None], b))
+        quant.append({"weight_scale": [float(x) for x in alpha], "weight_qmax": 1, "bits": 1})
+        t = 0.7 * np.abs(w).mean()
+        idx = (1 + (w > t).astype(int) - (w < -t)).astype(np.uint8)
+        codebooks.append((np.float32([-0.5, 0.0, 0.25]), idx))
+        ternary_layers.append((codebooks[-1][0][idx], b))
+    binary = CompressedMLP(binary_layers, c.mean, c.std, quant=quant)
+    ternary = CompressedMLP(ternary_layers, c.mean, c.std, codebooks=codebooks)
+    for state, bits_per_weight in ((binary, 1), (ternary, 2)):
+        assert decode_compact(encode_compact(state)).equals(state)
+        assert compact_breakdown(state)["weights"] * 8 <= bits_per_weight * state.n_weights() + 3 * 40

@@ -17,6 +17,7 @@ import pytest
 from fraudlite.compression.cluster import ClusterConfig, cluster_stage
 from fraudlite.compression.compact import decode_compact, encode_compact
 from fraudlite.compression.distill import DistillConfig, distill_stage
+from fraudlite.compression.lowbit import BinaryConfig, TernaryConfig, binary_stage, ternary_stage
 from fraudlite.compression.prune import PruneConfig, StructuredConfig, prune_stage, structured_prune_stage
 from fraudlite.compression.qat import QATConfig, fake_quant_logits, qat_stage
 from fraudlite.compression.state import CompressedMLP
@@ -58,6 +59,12 @@ TECHNIQUES = [
         0.02,
     ),
     Technique("qat", qat_stage, QATConfig(epochs=2, **FAST), 0.02),
+    Technique("qat-4bit", qat_stage, QATConfig(bits=4, epochs=2, **FAST), 0.02),
+    Technique("qat-3bit", qat_stage, QATConfig(bits=3, epochs=2, **FAST), 0.03),
+    Technique("qat-2bit", qat_stage, QATConfig(bits=2, epochs=2, **FAST), 0.04),
+    Technique("ternary", ternary_stage, TernaryConfig(epochs=4, lr=3e-3, **FAST), 0.03),
+    # binary weights lose much more on this fixture (measured ~0.15 AP of 0.60): the bound says so
+    Technique("binary", binary_stage, BinaryConfig(epochs=6, lr=3e-3, **FAST), 0.2),
 ]
 
 
@@ -179,12 +186,13 @@ def test_pipeline_preserves_structure(base_state, stage_data):
 def test_every_technique_is_covered():
     import fraudlite.compression.cluster as cluster
     import fraudlite.compression.distill as distill
+    import fraudlite.compression.lowbit as lowbit
     import fraudlite.compression.prune as prune
     import fraudlite.compression.qat as qat
 
     stage_functions = {
         name
-        for module in (cluster, distill, prune, qat)
+        for module in (cluster, distill, lowbit, prune, qat)
         for name in module.__all__
         if name.endswith("_stage")
     }

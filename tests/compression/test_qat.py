@@ -95,9 +95,42 @@ def test_qat_on_dense_layers_snaps_per_channel(base_state, stage_data):
     assert record["valid_ap_ptq"] == record["valid_ap_after"] >= record["valid_ap_before"] - 0.02
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_low_bit_qat_snaps_to_its_grid(base_state, stage_data, bits):
+    """``bits`` < 8: codes within ``+-qmax``, the grid declared in ``quant``, MSE ranges (clipping some
+    weights: finer steps than ``max|W| / qmax``)."""
+    from fraudlite.compression.qat import weight_qmax
+
+    out = qat_stage(base_state, stage_data, QATConfig(bits=bits, epochs=1, **FAST))
+    qmax = weight_qmax(bits)
+    for (w, _), q in zip(out.layers, out.quant, strict=True):
+        assert q["bits"] == bits and q["weight_qmax"] == qmax == -q["weight_qmin"]
+        s = np.asarray(q["weight_scale"], np.float32)[:, None]
+        codes = np.round(w / s)
+        assert np.abs(codes).max() <= qmax and len(np.unique(codes)) <= 2 * qmax + 1
+        np.testing.assert_array_equal(codes.astype(np.float32) * s, w)
+    first = np.asarray(out.quant[0]["weight_scale"], np.float32)
+    assert np.any(first < np.abs(base_state.layers[0][0]).max(axis=1) / qmax * 0.99)
+
+
+def test_mse_scales_round_with_less_error_than_max_scales():
+    w = np.random.default_rng(0).standard_normal((16, 200)).astype(np.float32)
+    for bits in (2, 3, 4, 8):
+        errors = {}
+        for method in ("max", "mse"):
+            scale = compute_weight_scales(w, True, bits, method)
+            errors[method] = float(((snap_to_grid(w, scale, 2 ** (bits - 1) - 1) - w) ** 2).sum())
+        assert errors["mse"] <= errors["max"]
+        if bits <= 3:
+            assert errors["mse"] < 0.8 * errors["max"]
+    assert QATConfig().range_method == "max" and QATConfig(bits=4).range_method == "mse"
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"calibration": "kl"}, {"percentile": 40}, {"epochs": -1}, {"batch_size": 0}]
-)
+    "kwargs",
+    [{"calibration": "kl"}, {"percentile": 40}, {"epochs": -1}, {"batch_size": 0}, {"bits": 1}, {"bits": 9},
+     {"bits": True}, {"weight_range": "minmax"}],
+)  # fmt: skip
 def test_qat_config_rejects_bad_settings(kwargs):
     with pytest.raises(ConfigError):
         QATConfig(**kwargs)

@@ -40,6 +40,25 @@ def test_stage_settings_become_configs() -> None:
     assert config.hidden == (8, 4) and config.temperature == 2.0
 
 
+def test_low_bit_stages_parse_from_a_recipe() -> None:
+    text = (
+        '[[stage]]\nname = "prune"\nsparsity = 0.5\n[[stage]]\nname = "ternary"\nthreshold = 0.2\n'
+        '[[stage]]\nname = "qat"\nbits = 4\n[[stage]]\nname = "binary"\noptional = true\nepochs = 2\n'
+        '[search]\n"qat.bits" = [2, 3, 4]\n"ternary.threshold" = [0.3, 0.1]\n'
+    )
+    recipe = parse_recipe(text)
+    assert [s.name for s in recipe.stages] == ["prune", "ternary", "qat", "binary"]
+    assert recipe.stages[1].config().threshold == 0.2 and recipe.stages[2].config().bits == 4
+    assert recipe.stages[3].optional and recipe.stages[3].config().epochs == 2
+    assert [recipe.stages[2].config(c).bits for c in recipe.candidates(2)] == [2, 3, 4]
+    assert stage_runner("ternary").__name__ == "ternary_stage"
+    assert stage_runner("binary").__name__ == "binary_stage"
+    with pytest.raises(ConfigError, match="bits"):
+        parse_recipe('[[stage]]\nname = "qat"\nbits = 1\n')
+    with pytest.raises(ConfigError, match="threshold"):
+        parse_recipe('[[stage]]\nname = "ternary"\nthreshold = 2.0\n')
+
+
 def test_candidates_joint_and_grid() -> None:
     text = (
         '[[stage]]\nname = "prune"\n[[stage]]\nname = "cluster"\n'
