@@ -62,7 +62,8 @@ TECHNIQUES = [
     Technique("qat-4bit", qat_stage, QATConfig(bits=4, epochs=2, **FAST), 0.02),
     Technique("qat-3bit", qat_stage, QATConfig(bits=3, epochs=2, **FAST), 0.03),
     Technique("qat-2bit", qat_stage, QATConfig(bits=2, epochs=2, **FAST), 0.04),
-    Technique("ternary", ternary_stage, TernaryConfig(epochs=4, lr=3e-3, **FAST), 0.03),
+    # this fixture's weights want a wide zero band (0.3 of max|W|; the default 0.05 lost ~0.1 AP here)
+    Technique("ternary", ternary_stage, TernaryConfig(threshold=0.3, epochs=4, lr=3e-3, **FAST), 0.03),
     # binary weights lose much more on this fixture (measured ~0.15 AP of 0.60): the bound says so
     Technique("binary", binary_stage, BinaryConfig(epochs=6, lr=3e-3, **FAST), 0.2),
 ]

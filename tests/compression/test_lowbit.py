@@ -49,7 +49,7 @@ def _pruned(base_state, stage_data):
 
 def test_low_bit_stages_keep_pruning_and_their_value_sets(base_state, stage_data):
     pruned = _pruned(base_state, stage_data)
-    ternary = ternary_stage(pruned, stage_data, TernaryConfig(epochs=1, **FAST))
+    ternary = ternary_stage(pruned, stage_data, TernaryConfig(threshold=0.3, epochs=1, **FAST))
     binary = binary_stage(pruned, stage_data, BinaryConfig(epochs=1, **FAST))
     three_bit = qat_stage(pruned, stage_data, QATConfig(bits=3, epochs=1, **FAST))
     for out in (ternary, binary, three_bit):
