@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,broker,spark,dev]'
+	$(PY) -m pip install --quiet -e '.[train,broker,spark,confluent,dev]'
 	touch $(STAMP)
 
 # promtool + prometheus for tests/deploy (Debian package `prometheus`); its service is never started.

@@ -46,6 +46,14 @@ def _peak_rss_mb() -> float:
     return proc_status_mb("VmHWM")
 
 
+def _has_confluent() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _data(n: int, seed: int = 7):
     from fraudlite.testing.streaming import make_transactions
 
@@ -102,7 +110,9 @@ def worker_passthrough(bootstrap: str, topic: str, n: int, out_topic: str) -> di
     }
 
 
-def worker_scorer(bootstrap: str, topic: str, n: int, model: str, latency: bool, labels: str) -> dict:
+def worker_scorer(
+    bootstrap: str, topic: str, n: int, model: str, latency: bool, labels: str, client: str = "kafka-python"
+) -> dict:
     from fraudlite.streaming.config import BatchConfig, ServeConfig, Topics
     from fraudlite.streaming.reload import load_model
     from fraudlite.streaming.scorer import Scorer
@@ -112,7 +122,7 @@ def worker_scorer(bootstrap: str, topic: str, n: int, model: str, latency: bool,
                     labels=labels)  # fmt: skip
     config = ServeConfig(
         bootstrap_servers=bootstrap, model_dir=Path(model), topics=topics, group_id=f"bench-scorer-{u}",
-        metrics_port=None, batch=BatchConfig(max_records=BATCH, max_ms=50),
+        metrics_port=None, batch=BatchConfig(max_records=BATCH, max_ms=50), kafka_client=client,
     )  # fmt: skip
     from fraudlite.testing.streaming import proc_status_mb
 
@@ -241,10 +251,16 @@ def measure(
         if fp32_model:
             runs["scorer-fp32"] = []
             models["scorer-fp32"] = fp32_model
+        confluent = _has_confluent()
+        if confluent:
+            runs["scorer-confluent"] = []
         for _ in range(rounds):
             runs["passthrough"].append(_run_worker("passthrough", boot, topic, str(n), "bench-pass-out"))
             for name, path in models.items():
                 runs[name].append(_run_worker("scorer", boot, topic, str(n), path, "0", labels))
+            if confluent:  # the same queued transactions and model through librdkafka (issue 18)
+                args = ("scorer", boot, topic, str(n), model, "0", labels, "confluent")
+                runs["scorer-confluent"].append(_run_worker(*args))
         med = {k: float(np.median([r["rate"] for r in v])) for k, v in runs.items()}
         cpu = {k: float(np.median([r["cpu_us"] for r in v])) for k, v in runs.items()}
         ratio = med["scorer"] / med["passthrough"]
@@ -258,6 +274,28 @@ def measure(
         )  # fmt: skip
         rss = max(r["rss_mb"] for r in runs["scorer"])
         rows.append(("scorer peak RSS", f"{rss:.0f} MB", "VmHWM; target <= 150 MB"))
+        client_check = None
+        if confluent:
+            speedup = med["scorer-confluent"] / med["scorer"]
+            client_check = (speedup, med["scorer-confluent"])
+            rows.append(
+                (
+                    "scorer throughput, `--kafka-client confluent`",
+                    f"{med['scorer-confluent']:,.0f} msg/s",
+                    f"median of {rounds}: "
+                    + ", ".join(f"{r['rate']:,.0f}" for r in runs["scorer-confluent"]),
+                )
+            )
+            rows.append(("confluent / kafka-python scorer", f"{speedup:.2f}x", "target >= 2x (issue 18)"))
+            rows.append(
+                (
+                    "CPU per message, confluent scorer",
+                    f"{cpu['scorer-confluent']:.1f} us",
+                    f"kafka-python scorer {cpu['scorer']:.1f} us",
+                )
+            )
+            rss_c = max(r["rss_mb"] for r in runs["scorer-confluent"])
+            rows.append(("confluent scorer peak RSS", f"{rss_c:.0f} MB", "VmHWM; librdkafka prefetches"))
         side = _side_by_side(runs, models) if fp32_model else None
         heavy = sorted({m for r in runs["scorer"] for m in r["modules_torch_pandas"]})
         rows.append(("torch/pandas imported by the scorer", ", ".join(heavy) or "none", ""))
@@ -307,6 +345,14 @@ def measure(
 
     lines = ["## Streaming scorer (issue 4)", "", "| metric | value | note |", "| --- | --- | --- |"]
     lines += [f"| {metric} | {value} | {note} |" for metric, value, note in rows]
+    if client_check is not None:
+        speedup, rate = client_check
+        lines += [
+            "",
+            f"- [{'x' if speedup >= 2 else ' '}] `--kafka-client confluent`: {rate:,.0f} msg/s, "
+            f"{speedup:.2f}x the kafka-python scorer's on the same {n:,} queued transactions, model and "
+            "exactly-once (target >= 2x, issue 18)",
+        ]
     if side is not None:
         lines += ["", *_side_table(side, latency, fractions)]
     which = f"model {model_note}" + (
@@ -418,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         if kind == "passthrough":
             result = worker_passthrough(rest[0], rest[1], int(rest[2]), rest[3])
         elif kind == "scorer":
-            result = worker_scorer(rest[0], rest[1], int(rest[2]), rest[3], rest[4] == "1", rest[5])
+            result = worker_scorer(
+                rest[0], rest[1], int(rest[2]), rest[3], rest[4] == "1", rest[5], *rest[6:]
+            )
         else:
             result = worker_produce(rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]))
         print(json.dumps(result))

@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 _counter = itertools.count()
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request) -> str:
+    """The library of the scorer's group consumer and producer (``serve --kafka-client``): a test that
+    takes this fixture runs once with each."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
     """The embedded broker shared by the whole test session."""

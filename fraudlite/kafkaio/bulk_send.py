@@ -60,6 +60,8 @@ def send_many(
     """
     if not values:
         return []
+    if hasattr(producer, "send_many"):  # an adapter with its own (kafkaio.confluent)
+        return producer.send_many(topic, partition, keys, values)
     if not supports_bulk(producer):
         return [
             producer.send(topic, value=v, key=k, partition=partition)

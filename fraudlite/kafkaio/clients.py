@@ -152,6 +152,9 @@ def broker_connected(consumer: KafkaConsumer | None) -> bool:
     When the broker goes away the connection drops at once and kafka-python forgets the coordinator;
     ``poll`` itself just keeps returning nothing, so without this a dead broker looks like no traffic.
     """
+    probe = getattr(consumer, "connected", None)
+    if callable(probe):  # an adapter with its own probe (kafkaio.confluent)
+        return bool(probe())
     coordinator = getattr(consumer, "_coordinator", None)
     client = getattr(consumer, "_client", None)
     if coordinator is None or client is None or not hasattr(client, "connected"):
@@ -172,6 +175,10 @@ def keep_alive(consumer: KafkaConsumer | None) -> None:
     Calling this between steps of that work says "alive and making progress" without polling records
     (``poll_heartbeat`` is the coordinator's own liveness hook; it also surfaces a dead heartbeat thread).
     """
+    own = getattr(consumer, "keep_alive", None)
+    if callable(own):  # an adapter with its own (kafkaio.confluent)
+        own()
+        return
     coordinator = getattr(consumer, "_coordinator", None)
     poll_heartbeat = getattr(coordinator, "poll_heartbeat", None)
     if poll_heartbeat is None:

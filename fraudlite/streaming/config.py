@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fraudlite.errors import ConfigError
+from fraudlite.kafkaio.confluent import require_confluent
 from fraudlite.kafkaio.security import KafkaSecurity, kafka_security
 from fraudlite.kafkaio.wire import DecodeLimits
 
@@ -22,6 +23,7 @@ __all__ = [
     "DELIVERY_MODES",
     "EXACTLY_ONCE",
     "AT_LEAST_ONCE",
+    "KAFKA_CLIENTS",
     "Topics",
     "BatchConfig",
     "ServeConfig",
@@ -31,6 +33,9 @@ __all__ = [
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 DELIVERY_MODES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+KAFKA_PYTHON = "kafka-python"
+CONFLUENT = "confluent"
+KAFKA_CLIENTS = (KAFKA_PYTHON, CONFLUENT)  # the group consumer's and the producer's library
 
 
 def _topic_name(flag: str, name: str) -> None:
@@ -136,6 +141,7 @@ class ServeConfig:
     shadow_model_dir: Path | None = None
     label_join_capacity: int = 200_000
     label_horizon_days: int | None = None
+    kafka_client: str = KAFKA_PYTHON
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers or any(
@@ -186,6 +192,10 @@ class ServeConfig:
             raise ConfigError(f"changelog_interval_s must be in 0..3600, got {self.changelog_interval_s}")
         if self.reload_interval_s <= 0 or self.lag_interval_s <= 0:
             raise ConfigError("reload_interval_s and lag_interval_s must be > 0")
+        if self.kafka_client not in KAFKA_CLIENTS:
+            raise ConfigError(
+                f"--kafka-client must be one of {', '.join(KAFKA_CLIENTS)}, got {self.kafka_client!r}"
+            )
         self._check_shadow_and_labels()
 
     def _check_shadow_and_labels(self) -> None:
@@ -234,11 +244,14 @@ class ServeConfig:
 def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeConfig:
     """``fraudlite serve`` flags (an argparse namespace) + ``FRAUDLITE_KAFKA_*`` environment -> ServeConfig.
 
-    Security settings: ``--kafka-config FILE`` first, then the environment on top.
+    Security settings: ``--kafka-config FILE`` first, then the environment on top. The Kafka client:
+    ``--kafka-client``, else ``FRAUDLITE_KAFKA_CLIENT``, else kafka-python.
 
     Raises:
         ConfigError: any invalid flag or setting (the message names it).
+        UserError: ``--kafka-client confluent`` without confluent-kafka installed.
     """
+    env = os.environ if environ is None else environ
     security = kafka_security(getattr(args, "kafka_config", None), environ)
     shadow_topic = getattr(args, "shadow_topic", Topics.shadow) or None
     topics = Topics(
@@ -259,7 +272,7 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         min_timestamp_s=first,
         max_timestamp_s=last,
     )
-    return ServeConfig(
+    config = ServeConfig(
         bootstrap_servers=args.bootstrap_servers,
         model_dir=args.model,
         registry_dir=args.registry,
@@ -284,7 +297,11 @@ def build_serve_config(args, environ: Mapping[str, str] | None = None) -> ServeC
         shadow_model_dir=getattr(args, "shadow_model", None),
         label_join_capacity=getattr(args, "label_join_capacity", ServeConfig.label_join_capacity),
         label_horizon_days=getattr(args, "label_horizon_days", None),
+        kafka_client=getattr(args, "kafka_client", None) or env.get("FRAUDLITE_KAFKA_CLIENT") or KAFKA_PYTHON,
     )
+    if config.kafka_client == CONFLUENT:
+        require_confluent()  # not installed: a clear error before anything starts
+    return config
 
 
 def _event_time_range(text: str | None) -> tuple[int, int]:

@@ -26,8 +26,11 @@ from fraudlite.kafkaio.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    protect_secrets,
 )
+from fraudlite.kafkaio.confluent import ConfluentConsumer, ConfluentProducer, librdkafka_config
 from fraudlite.kafkaio.wire import LabelDecoder, TransactionDecoder
+from fraudlite.streaming.config import CONFLUENT
 from fraudlite.streaming.settings import ClientSettings
 from fraudlite.streaming.terminal_feed import TerminalFeed
 
@@ -149,11 +152,14 @@ def make_scorer_producer(settings: ClientSettings, transactional_id: str | None)
     cfg = settings
     common = {"linger_ms": 5, "batch_size": 256 * 1024, "client_id": cfg.client_id, **_NO_AUTO_CREATE}
     if transactional_id is not None:
-        return make_producer(
-            cfg.bootstrap_servers, cfg.security, transactional_id=transactional_id,
-            transaction_timeout_ms=cfg.transaction_timeout_ms, **common,
-        )  # fmt: skip
-    return make_producer(cfg.bootstrap_servers, cfg.security, acks="all", **common)
+        kwargs = {"transactional_id": transactional_id, "transaction_timeout_ms": cfg.transaction_timeout_ms}
+    else:
+        kwargs = {"acks": "all"}
+    if cfg.kafka_client == CONFLUENT:
+        protect_secrets(cfg.security)
+        conf = librdkafka_config(cfg.bootstrap_servers, cfg.security, producer=True, **kwargs, **common)
+        return ConfluentProducer(conf)
+    return make_producer(cfg.bootstrap_servers, cfg.security, **kwargs, **common)
 
 
 def make_restore_reader(settings: ClientSettings) -> KafkaConsumer:
@@ -191,10 +197,16 @@ def make_terminal_feed(
 def make_group_consumer(settings: ClientSettings) -> KafkaConsumer:
     """The group member's consumer (not subscribed yet)."""
     cfg = settings
-    return make_consumer(
-        cfg.bootstrap_servers, cfg.security, group_id=cfg.group_id, isolation_level="read_committed",
+    kwargs = dict(
+        group_id=cfg.group_id, isolation_level="read_committed",
         auto_offset_reset=cfg.auto_offset_reset, session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
         max_poll_records=cfg.max_poll_records, fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         client_id=cfg.client_id, **_NO_AUTO_CREATE,
     )  # fmt: skip
+    if cfg.kafka_client == CONFLUENT:
+        protect_secrets(cfg.security)
+        return ConfluentConsumer(
+            librdkafka_config(cfg.bootstrap_servers, cfg.security, producer=False, **kwargs)
+        )
+    return make_consumer(cfg.bootstrap_servers, cfg.security, **kwargs)

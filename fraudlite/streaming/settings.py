@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from fraudlite.kafkaio.security import KafkaSecurity
 from fraudlite.kafkaio.wire import DecodeLimits
-from fraudlite.streaming.config import ServeConfig, Topics
+from fraudlite.streaming.config import KAFKA_PYTHON, ServeConfig, Topics
 
 __all__ = [
     "ClientSettings",
@@ -40,6 +40,8 @@ class ClientSettings:
         transactional_id: the configured ``transactional.id`` (None: claim a host slot).
         fallback_transactional_id: the id used when no host slot can be claimed (unique per process).
         max_poll_records, fetch_max_wait_ms: the group consumer's fetch sizes.
+        kafka_client: the library of the group consumer and the producer (``kafka-python`` or
+            ``confluent``: librdkafka through ``kafkaio.confluent``); the other clients are kafka-python's.
     """
 
     bootstrap_servers: str
@@ -59,6 +61,7 @@ class ClientSettings:
     auto_offset_reset: str
     max_poll_records: int
     fetch_max_wait_ms: int
+    kafka_client: str = KAFKA_PYTHON
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def scorer_settings(config: ServeConfig) -> ScorerSettings:
         transaction_timeout_ms=cfg.transaction_timeout_ms, session_timeout_ms=cfg.session_timeout_ms,
         heartbeat_interval_ms=cfg.heartbeat_interval_ms, max_poll_interval_ms=cfg.max_poll_interval_ms,
         auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.batch.max_records,
-        fetch_max_wait_ms=min(cfg.batch.max_ms, 500),
+        fetch_max_wait_ms=min(cfg.batch.max_ms, 500), kafka_client=cfg.kafka_client,
     )  # fmt: skip
     return ScorerSettings(
         clients=clients,

@@ -5,6 +5,8 @@ topic factories. Helpers shared with the benchmarks live in ``fraudlite.testing.
   fault test runs its own on a fixed port.
 * ``rel_model``: a model directory (random MLP scaled to ``rel_data``'s features).
 * ``rel_topics(partitions=4) -> Topics``: fresh input and labels topics (created) and unique output names.
+* ``serve_client``: the test runs once per Kafka client library (``kafka_client``); ``fraudlite serve``
+  subprocesses get it through ``FRAUDLITE_KAFKA_CLIENT``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def rel_data():
 @pytest.fixture(scope="session")
 def rel_model(tmp_path_factory, rel_data):
     return write_model(tmp_path_factory.mktemp("rel-model") / "m", stats=feature_stats(rel_data), seed=1)
+
+
+@pytest.fixture
+def serve_client(kafka_client, monkeypatch) -> str:
+    monkeypatch.setenv("FRAUDLITE_KAFKA_CLIENT", kafka_client)
+    return kafka_client
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def _wait(predicate, timeout_s: float, what: str, proc: ServeProcess) -> float:
     return time.monotonic() - t0
 
 
-def test_scorer_outlives_the_broker(rel_model, tmp_path):
+def test_scorer_outlives_the_broker(rel_model, tmp_path, serve_client):
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     group = f"bf-{uuid.uuid4().hex[:6]}"

@@ -63,7 +63,7 @@ def wait_committed(bootstrap: str, group: str, topic: str, total: int, proc: Ser
         time.sleep(0.3)
 
 
-def test_kill_9_at_random_points(rel_broker, rel_topics, rel_model, tmp_path):
+def test_kill_9_at_random_points(rel_broker, rel_topics, rel_model, tmp_path, serve_client):
     bootstrap = rel_broker.bootstrap
     seed = int(os.environ.get("FRAUDLITE_CRASH_SEED", 7))
     rng = random.Random(seed)

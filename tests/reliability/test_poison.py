@@ -76,7 +76,7 @@ def _config(broker, topics, model, **kw) -> ServeConfig:
 @settings(max_examples=1, deadline=None, phases=[Phase.generate], database=None,
           suppress_health_check=list(HealthCheck))  # fmt: skip
 @given(poison=st.lists(poison_message(), min_size=300, max_size=300))
-def test_poison_mixed_into_traffic(rel_broker, rel_topics, rel_model, rel_data, poison):
+def test_poison_mixed_into_traffic(rel_broker, rel_topics, rel_model, rel_data, kafka_client, poison):
     """~3000 valid + 300 hypothesis poison + a 1.5 MB message, interleaved, through a real scorer."""
     t = rel_topics(partitions=2)
     valid = rel_data.messages()[:3000]
@@ -89,7 +89,7 @@ def test_poison_mixed_into_traffic(rel_broker, rel_topics, rel_model, rel_data, 
     messages = [messages[i] for i in order]
     produce_big(rel_broker.bootstrap, t.input, messages)
 
-    scorer = Scorer(_config(rel_broker, t, rel_model), load_model(rel_model.path))
+    scorer = Scorer(_config(rel_broker, t, rel_model, kafka_client=kafka_client), load_model(rel_model.path))
     run = ScorerThread(scorer).start()
     run.wait_scored(len(messages), timeout_s=120)
     run.stop()

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 6
 
 
-def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path):
+def test_kill_one_add_one_during_traffic(rel_broker, rel_model, tmp_path, serve_client):
     bootstrap = rel_broker.bootstrap
     t = unique_topics("rb")
     create_topics(bootstrap, [t.input, t.labels], PARTITIONS)

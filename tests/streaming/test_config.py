@@ -69,3 +69,28 @@ def test_build_from_cli_flags(tmp_path, monkeypatch):
     )
     assert not cfg.exactly_once and cfg.metrics_port is None and cfg.batch.max_records == 100
     assert cfg.security.security_protocol == "SSL"
+
+
+def test_kafka_client_from_the_flag_else_the_environment(tmp_path, monkeypatch):
+    base = ["serve", "--model", str(tmp_path), "--bootstrap-servers", "k:9092"]
+    parse = build_parser().parse_args
+    assert build_serve_config(parse(base), environ={}).kafka_client == "kafka-python"
+    env = {"FRAUDLITE_KAFKA_CLIENT": "confluent"}
+    assert build_serve_config(parse(base), environ=env).kafka_client == "confluent"
+    flag = parse([*base, "--kafka-client", "kafka-python"])
+    assert build_serve_config(flag, environ=env).kafka_client == "kafka-python"
+    with pytest.raises(
+        ConfigError, match="--kafka-client must be one of kafka-python, confluent, got 'rdkafka'"
+    ):
+        build_serve_config(parse(base), environ={"FRAUDLITE_KAFKA_CLIENT": "rdkafka"})
+    with pytest.raises(SystemExit):  # argparse: exit 2 naming the choices
+        parse([*base, "--kafka-client", "rdkafka"])
+
+
+def test_confluent_client_without_its_package_is_a_user_error(monkeypatch):
+    from fraudlite.errors import UserError
+    from fraudlite.kafkaio.confluent import require_confluent
+
+    monkeypatch.setitem(__import__("sys").modules, "confluent_kafka", None)
+    with pytest.raises(UserError, match=r"pip install 'fraudlite\[confluent\]'"):
+        require_confluent()

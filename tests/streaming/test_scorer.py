@@ -105,10 +105,10 @@ def sample(families: dict, name: str, **labels) -> float:
     )
 
 
-def test_exactly_once_n_in_n_decisions(broker, topics, model, data, consume_all):
+def test_exactly_once_n_in_n_decisions(broker, topics, model, data, consume_all, kafka_client):
     t = topics()
     produce(broker.bootstrap, t.input, data.messages())
-    scorer = Scorer(config(broker, t, model.path), _load(model.path))
+    scorer = Scorer(config(broker, t, model.path, kafka_client=kafka_client), _load(model.path))
     run = ScorerThread(scorer).start()
     run.wait_scored(N)
     fams = scrape(scorer.metrics_port)  # live endpoint while serving
@@ -138,7 +138,7 @@ def test_exactly_once_n_in_n_decisions(broker, topics, model, data, consume_all)
     assert sample(fams, "process_resident_memory_bytes") > 0
 
 
-def test_dlq_routing_with_reasons(broker, topics, model, data, consume_all):
+def test_dlq_routing_with_reasons(broker, topics, model, data, consume_all, kafka_client):
     t = topics(partitions=2)
     good = data.messages()[:400]
     bad = {
@@ -157,7 +157,7 @@ def test_dlq_routing_with_reasons(broker, topics, model, data, consume_all):
         messages += good[i * 40 : (i + 1) * 40] + [(b"C1", value)]
     messages += good[len(bad) * 40 :]
     produce(broker.bootstrap, t.input, messages)
-    scorer = Scorer(config(broker, t, model.path), _load(model.path))
+    scorer = Scorer(config(broker, t, model.path, kafka_client=kafka_client), _load(model.path))
     run = ScorerThread(scorer).start()
     run.wait_scored(len(messages))
     fams = scrape(scorer.metrics_port)
@@ -182,7 +182,9 @@ def test_dlq_routing_with_reasons(broker, topics, model, data, consume_all):
     [(0.0, True), (3600.0, False)],
     ids=["changelog-every-batch", "no-changelog-yet-replay-input"],
 )
-def test_restart_mid_stream_restores_state(broker, topics, model, data, consume_all, interval, final_flush):
+def test_restart_mid_stream_restores_state(
+    broker, topics, model, data, consume_all, interval, final_flush, kafka_client
+):
     """Stop after about half, start a new scorer: every decision equals an uninterrupted run's.
 
     Second case: nothing reached the changelog (as after a crash), so the new scorer rebuilds the
@@ -190,7 +192,7 @@ def test_restart_mid_stream_restores_state(broker, topics, model, data, consume_
     """
     t = topics()
     produce(broker.bootstrap, t.input, data.messages())
-    cfg = config(broker, t, model.path, changelog_interval_s=interval)
+    cfg = config(broker, t, model.path, changelog_interval_s=interval, kafka_client=kafka_client)
     first = ScorerThread(Scorer(cfg, _load(model.path))).start()
     if not final_flush:
         first.scorer._flush_changelog = lambda: None
@@ -211,15 +213,15 @@ def test_restart_mid_stream_restores_state(broker, topics, model, data, consume_
     assert not diff, f"{len(diff)} decisions differ from an uninterrupted run, e.g. {diff[:3]}"
 
 
-def test_two_members_share_partitions(broker, topics, model, data, consume_all):
+def test_two_members_share_partitions(broker, topics, model, data, consume_all, kafka_client):
     t = topics()
     half = N // 2
     messages = data.messages()
     produce(broker.bootstrap, t.input, messages[:half])
-    cfg = config(broker, t, model.path)
+    cfg = config(broker, t, model.path, kafka_client=kafka_client)
     a = ScorerThread(Scorer(cfg, _load(model.path))).start()
     a.wait_scored(half // 3)
-    b_cfg = config(broker, t, model.path, group_id=cfg.group_id)
+    b_cfg = config(broker, t, model.path, group_id=cfg.group_id, kafka_client=kafka_client)
     b = ScorerThread(Scorer(b_cfg, _load(model.path))).start()
     deadline = time.monotonic() + 30
     while not (b.scorer.online.states and a.scorer.summary.consumed >= half // 2):
@@ -247,10 +249,10 @@ def test_two_members_share_partitions(broker, topics, model, data, consume_all):
     assert not diff, f"{len(diff)} decisions differ from a single-member run, e.g. {diff[:3]}"
 
 
-def test_at_least_once(broker, topics, model, data, consume_all):
+def test_at_least_once(broker, topics, model, data, consume_all, kafka_client):
     t = topics(partitions=2)
     produce(broker.bootstrap, t.input, data.messages()[:1000])
-    cfg = config(broker, t, model.path, delivery=AT_LEAST_ONCE)
+    cfg = config(broker, t, model.path, delivery=AT_LEAST_ONCE, kafka_client=kafka_client)
     first = ScorerThread(Scorer(cfg, _load(model.path))).start()
     first.wait_scored(500)
     first.stop()
