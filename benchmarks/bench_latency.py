@@ -11,7 +11,8 @@ ROUNDS rounds (order flipped each round):
   at-least-once, with each Kafka client (``--kafka-client``). Per record: create -> polled (producer, broker, fetch, and waiting for the scorer's
   next poll while it works on the batch before), polled -> released (the event-time sync's hold),
   released -> committed (the batch); per batch: the scorer's own stages. The worker times them by
-  wrapping the scorer's poll and batch steps (instrumentation only: the scorer runs unchanged).
+  wrapping the scorer's poll and batch steps (instrumentation only: the scorer runs unchanged). A third
+  process reads the decisions as a downstream consumer would (read_committed): create -> visible.
 
 Records of the first WARMUP_S seconds (group join, first fetches) are left out. Medians over the rounds.
 """
@@ -19,6 +20,7 @@ Records of the first WARMUP_S seconds (group join, first fetches) are left out. 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -37,6 +39,9 @@ FLOOR_LABELS = {
     "create -> acked": "create -> acked by the broker (the producer's side)",
     "end to end": "create -> in the consumer's hands",
 }
+SCORER_LABELS = {"create -> visible": "create -> visible to a downstream read_committed reader"}
+# Scorer runs: a separate reader process of the decisions (librdkafka), what a downstream consumer sees.
+VISIBILITY = importlib.util.find_spec("confluent_kafka") is not None
 PARTS = ("create -> polled", "polled -> released", "released -> committed", "end to end")
 
 
@@ -114,6 +119,40 @@ def _floor_confluent(bootstrap: str, topic: str, ready: Path, n: int) -> list[tu
             seen.append((m.timestamp()[1] / 1000, time.time()))
     c.close()
     return seen
+
+
+def worker_visible(bootstrap: str, topic: str, n: int, ready: str) -> dict:
+    """A downstream reader of the scorer's decisions (``TOPIC-dec``, read_committed, librdkafka): when each
+    became visible, against its transaction's create time (the input record's timestamp, matched by
+    ``tx_id`` once all ``n`` are in)."""
+    import msgspec
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    tx_id = msgspec.json.Decoder(msgspec.defstruct("Tx", [("tx_id", str)])).decode
+    common = {"bootstrap.servers": bootstrap, "isolation.level": "read_committed", "enable.auto.commit": False,
+              "fetch.wait.max.ms": 50, "socket.nagle.disable": True, "log_level": 3}  # fmt: skip
+    c = Consumer({**common, "group.id": f"visible-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "earliest"})
+    c.subscribe([f"{topic}-dec"])
+    while not c.assignment():
+        c.poll(0.1)
+    Path(ready).touch()
+    visible: dict[str, float] = {}  # tx_id -> seen here
+    while len(visible) < n:
+        m = c.poll(0.05)  # returns as soon as one record is there
+        if m is not None and not m.error():
+            visible[tx_id(m.value()).tx_id] = time.time()
+    c.close()
+    source = Consumer({**common, "group.id": f"source-{uuid.uuid4().hex[:6]}"})
+    source.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    created: dict[str, float] = {}
+    while len(created) < n:
+        for m in source.consume(10_000, 1.0):
+            if not m.error():
+                created[tx_id(m.value()).tx_id] = m.timestamp()[1] / 1000
+    source.close()
+    a = np.array([(created[k], t) for k, t in visible.items()])
+    (ms,) = _after_warmup(a[:, 0], (a[:, 1] - a[:, 0]) * 1000)
+    return {"create -> visible": _quantiles(ms)}
 
 
 def worker_floor(client: str, bootstrap: str, topic: str, n: int, ready: str) -> dict:
@@ -210,19 +249,32 @@ def _one(boot: str, consumer: list[str], n: int, tmp: Path) -> dict:
     ready = tmp / f"ready-{topic}"
     kind, rest = consumer[0], consumer[1:]
     proc = _spawn(kind, *rest[:1], boot, topic, str(n), *rest[1:], str(ready))
+    _started(proc, ready, consumer)
+    readers = []
+    if kind == "scorer" and VISIBILITY:  # a downstream read_committed reader of the decisions
+        seen = tmp / f"ready-{topic}-visible"
+        readers.append(_spawn("visible", boot, topic, str(n), str(seen)))
+        _started(readers[0], seen, "visibility reader")
+    producer = _spawn("produce", boot, topic, str(n))
+    out = {}
+    for p, what, timeout in (
+        (proc, consumer, 600),
+        (producer, "producer", 60),
+        *((r, "reader", 120) for r in readers),
+    ):
+        stdout, err = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"{what} failed:\n{err[-3000:]}")
+        out |= json.loads(stdout.strip().splitlines()[-1])
+    return out
+
+
+def _started(proc, ready: Path, what) -> None:
     deadline = time.monotonic() + 120
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{consumer} did not start:\n{proc.communicate()[1][-3000:]}")
+            raise RuntimeError(f"{what} did not start:\n{proc.communicate()[1][-3000:]}")
         time.sleep(0.1)
-    producer = _spawn("produce", boot, topic, str(n))
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{consumer} failed:\n{err[-3000:]}")
-    p_out, p_err = producer.communicate(timeout=60)
-    if producer.returncode != 0:
-        raise RuntimeError(f"producer failed:\n{p_err[-3000:]}")
-    return {**json.loads(out.strip().splitlines()[-1]), **json.loads(p_out.strip().splitlines()[-1])}
 
 
 def _scorer_name(delivery: str, client: str) -> str:
@@ -276,8 +328,10 @@ def _section(runs: dict[str, list[dict]], model_note: str, rounds: int) -> str:
     for name, rs in runs.items():
         floor = name.startswith("floor")
         parts = ["create -> acked", "end to end"] if floor else [*PARTS, *(f"stage {s}" for s in STAGES)]
+        if not floor and "create -> visible" in rs[0]:
+            parts.insert(len(PARTS), "create -> visible")
         for part in parts:
-            label = FLOOR_LABELS.get(part, part) if floor else part
+            label = (FLOOR_LABELS if floor else SCORER_LABELS).get(part, part)
             label += " (per batch)" if part.startswith("stage") else ""
             lines.append(
                 f"| {name} | {label} | " + " | ".join(f"{_median(rs, part, q):.1f}" for q in q3) + " |"
@@ -327,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         kind, rest = args.worker[0], args.worker[1:]
         if kind == "produce":
             result = worker_produce(rest[0], rest[1], int(rest[2]))
+        elif kind == "visible":
+            result = worker_visible(rest[0], rest[1], int(rest[2]), rest[3])
         elif kind == "floor":
             result = worker_floor(rest[0], rest[1], rest[2], int(rest[3]), rest[4])
         else:

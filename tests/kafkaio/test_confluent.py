@@ -216,6 +216,9 @@ def test_transactions_delivery_outcomes_and_fencing(broker, make_topic, consume_
     assert isinstance(e.value, ProducerFencedError), repr(e.value)
 
     plain = _producer(broker, None)
-    bad = plain.send(out, value=b"x", partition=7)  # no such partition
+    bad = plain.send(out, value=b"x", partition=7)  # no such partition, before the metadata is known
     plain.flush(10)
     assert bad.failed() and "partition" in str(bad.exception).lower()
+    assert plain.partitions_for(out) == {0}
+    with pytest.raises(KafkaError, match="(?i)unknown partition"):  # known now: refused at once
+        plain.send(out, value=b"x", partition=7)

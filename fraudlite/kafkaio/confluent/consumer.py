@@ -132,7 +132,7 @@ class ConfluentConsumer:
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict[TopicPartition, list[Record]]:
         """Up to ``max_records`` records of unpaused partitions, ``{tp: [Record]}`` in offset order; waits up
-        to ``timeout_ms`` when none is parked.
+        to ``timeout_ms`` for the first when none is there, and returns as soon as one is.
 
         Raises:
             KafkaError: a fetch or the group failed (other than a partition's end).
@@ -150,8 +150,14 @@ class ConfluentConsumer:
             if room == 0:
                 break
         if room > 0:
-            wait = 0 if out else timeout_ms / 1000
-            self._take(self._call("poll", self._c.consume, room, wait), out)
+            # What is there now; else wait for the first record only: librdkafka's consume waits for all
+            # ``room`` records (or the timeout), kafka-python's poll returns as soon as any are there.
+            messages = self._call("poll", self._c.consume, room, 0)
+            if not messages and not out and timeout_ms > 0:
+                messages = self._call("poll", self._c.consume, 1, timeout_ms / 1000)
+                if messages and room > 1:
+                    messages += self._call("poll", self._c.consume, room - 1, 0)
+            self._take(messages, out)
         for tp, rows in out.items():
             self._positions[tp] = rows[-1].offset + 1
         return out

@@ -118,8 +118,8 @@ class ConfluentProducer:
         object."""
         self._p.flush(self._timeout_s if timeout is None else timeout)
 
-    def _call(self, what: str, fn, *args):
+    def _call(self, what: str, fn, *args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except self._ck.KafkaException as e:
             raise kafka_error(e, what) from e
