@@ -146,7 +146,7 @@ def worker_scorer(
         threading.Thread(target=announce, daemon=True).start()
     scorer.connect()
     scorer.run(until=lambda s: s.consumed >= 1)
-    first = scorer.summary.consumed
+    first, batches0 = scorer.summary.consumed, scorer.summary.batches
     t0, cpu0 = time.perf_counter(), time.process_time()
     summary = scorer.run(until=lambda s: s.consumed >= n)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -163,6 +163,7 @@ def worker_scorer(
         "form": loaded.form,
         "alerts": summary.alerts,
         "fraud": summary.fraud,
+        "records_per_batch": (summary.consumed - first) / max(1, summary.batches - batches0),
         "modules_torch_pandas": sorted(m for m in ("torch", "pandas") if m in sys.modules),
     }
     if latency and sink:
