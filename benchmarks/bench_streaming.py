@@ -1,6 +1,6 @@
 """Streaming scorer vs a plain transactional kafka-python passthrough, same broker, same data, same run.
 
-    .venv/bin/python benchmarks/bench_streaming.py [--n 60000] [--rounds 2] [--model DIR] [--fp32-model DIR]
+    .venv/bin/python benchmarks/bench_streaming.py [--n 60000] [--rounds 3] [--model DIR] [--fp32-model DIR]
 
 Prints markdown (``| metric | value | note |`` rows). What is measured:
 
@@ -215,7 +215,7 @@ def _spawn_worker(*args: str, ready: Path | None = None) -> subprocess.Popen:
 
 def measure(
     n: int = 60_000,
-    rounds: int = 2,
+    rounds: int = 3,
     model_dir: str | None = None,
     fp32_model: str | None = None,
     latency_seconds: float = 20.0,
@@ -447,7 +447,7 @@ def run(workdir: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=60_000, help="transactions per run (default 60000)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating runs of each (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each (default 3)")
     ap.add_argument("--model", help="model directory to serve (default: a small random MLP)")
     ap.add_argument("--fp32-model", help="also run the scorer with this (uncompressed) model")
     ap.add_argument("--latency-seconds", type=float, default=20.0, help="length of each latency run")

@@ -77,7 +77,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kafka-client", choices=["kafka-python", "confluent"],
         help="library of the group consumer and the decisions' producer: kafka-python (pure Python) or "
-        "confluent (librdkafka, ~2.5x the msg/s; pip install 'fraudlite[confluent]'); same delivery "
+        "confluent (librdkafka, ~2-3x the msg/s; pip install 'fraudlite[confluent]'); same delivery "
         "guarantees (default: $FRAUDLITE_KAFKA_CLIENT, else kafka-python)",
     )  # fmt: skip
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
