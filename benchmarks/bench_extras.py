@@ -1,9 +1,9 @@
 """Extra columns (issue 17): test-window quality with a bank's own signals vs the same training without.
 
-``generate --extra-attributes`` data (mcc, channel, country, card_present, device_score, merchant_id, in
-which some fraud scenarios leave a trace); ``fraudlite train`` on one window with and without
-``--extra-columns`` for three seeds, ``evaluate`` on a later untouched window. Pass: mean test AP with
-the extra columns >= 0.02 above without, and no seed below.
+``generate --extra-attributes`` data (mcc, channel, country, card_present, entry_mode, device_score,
+merchant_id, in which some fraud scenarios leave a trace); ``fraudlite train`` on one window with and
+without ``--extra-columns`` for three seeds, ``evaluate`` on a later untouched window. Pass: mean test AP
+with the extra columns >= 0.02 above without, and no seed below.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from fraudlite.models.evaluation import evaluate_window
 CUSTOMERS, DAYS, START = 2000, 120, "2026-01-01"
 TRAIN = ("2026-02-01", "2026-03-31")
 TEST = ("2026-04-08", "2026-04-30")  # after the label delay: nothing of it was seen in training
-EXTRAS = "mcc:categorical,channel:categorical,country:categorical,card_present:bool,device_score:numeric"
+EXTRAS = (
+    "mcc:categorical,channel:categorical,country:categorical,card_present:bool,entry_mode:categorical,"
+    "device_score:numeric"
+)
 SEEDS = (0, 1, 2)
 MIN_GAIN = 0.02
 

@@ -114,13 +114,14 @@ def add_foundation(sub: argparse._SubParsersAction) -> None:
         "--extra-attributes",
         action="store_true",
         help="add a bank's own signals after the core columns: mcc (merchant category code, 4-digit text), "
-        "channel (pos, ecom, atm, moto), country (ISO-2), card_present (true/false), device_score (0..1, "
-        "empty when the card is present) and merchant_id (hundreds of values). Some fraud scenarios leave "
-        "a trace in them that the core columns do not show (stolen cards and card testing mostly online "
-        "with high device scores, often abroad; takeovers abroad on new devices); the core columns, label "
-        "and scenario stay exactly as without the flag. Train on them with --extra-columns "
-        "mcc:categorical,channel:categorical,country:categorical,card_present:bool,device_score:numeric,"
-        "merchant_id:categorical",
+        "channel (pos, ecom, atm, moto), country (ISO-2), card_present (true/false), entry_mode (chip, "
+        "contactless, magstripe, keyed), device_score (0..1, empty when the card is present) and "
+        "merchant_id (hundreds of values). Some fraud scenarios leave a trace in them that the core "
+        "columns do not show (stolen cards and card testing mostly online with high device scores, often "
+        "abroad; takeovers abroad on new devices; compromised terminals and counterfeit cards read from "
+        "the magnetic stripe); the core columns, label and scenario stay exactly as without the flag. "
+        "Train on them with --extra-columns mcc:categorical,channel:categorical,country:categorical,"
+        "card_present:bool,entry_mode:categorical,device_score:numeric,merchant_id:categorical",
     )
     p.set_defaults(func=_generate)
 

@@ -1,6 +1,6 @@
 """The simulator's extra attributes (``generate --extra-attributes``): a bank's own signals beside the core.
 
-Six columns, drawn after everything else from their own random stream, so that the core columns, the
+Seven columns, drawn after everything else from their own random stream, so that the core columns, the
 label and the scenario are the same with or without them:
 
 * ``mcc`` (categorical, 4-digit text): the merchant category code, fixed per merchant (so per terminal);
@@ -15,6 +15,10 @@ label and the scenario are the same with or without them:
   days to two weeks, to a holiday destination); online ones are sometimes with a foreign merchant (IE,
   LU, US, ...).
 * ``card_present`` (bool): true for ``pos`` and ``atm``, false for ``ecom`` and ``moto``.
+* ``entry_mode`` (categorical): how the card was read (the ISO 8583 POS entry mode, simplified):
+  ``chip``, ``contactless`` or ``magstripe`` when the card is present, ``keyed`` when it is not.
+  Legitimate stripe reads are rare (~1.5%, more at the few old terminals that still fall back to it);
+  a cloned card carries only the stripe, so counterfeit use shows as ``magstripe``.
 * ``device_score`` (numeric 0..1, 3 decimals): the device / authentication risk score of a
   card-not-present transaction (the browser or app fingerprint for ``ecom``, the call-centre check for
   ``moto``); missing exactly when the card is present. Mostly low, but some customers often get high
@@ -33,8 +37,11 @@ Traces of the fraud scenarios (``TRACES``), all of them tilts of overlapping dis
 * ``account_takeover``: more online and ATM, a new device (high score) in ~70%, foreign in ~half;
   the merchants skew to money transfer, electronics and gambling.
 * ``high_amount``, ``drift_night_small``: mild tilts (somewhat more online, foreign, high scores).
-* ``compromised_terminal``: none that helps: the skimmed card is present at its terminal (card-present
-  channels only, where the merchant has them), country and device as the customer's own.
+* ``compromised_terminal``: card-present channels only (where the merchant has them), country and
+  device as the customer's own; but the cards used there are stripe clones in ~half of the
+  transactions (``entry_mode`` ``magstripe``), the rest chip reads through the tampered device.
+* ``compromised_card``: a stripe clone in ~30% of its card-present transactions; ``account_takeover``
+  ~20%.
 
 Pure numpy (text columns built through pyarrow when it is there: much faster than Python strings).
 """
@@ -52,20 +59,22 @@ __all__ = [
     "EXTRA_COLUMNS_ARG",
     "CHANNELS",
     "CARD_PRESENT_CHANNELS",
+    "ENTRY_MODES",
     "MCCS",
     "Trace",
     "TRACES",
     "draw_attributes",
 ]
 
-ATTRIBUTE_COLUMNS = ("mcc", "channel", "country", "card_present", "device_score", "merchant_id")
+ATTRIBUTE_COLUMNS = ("mcc", "channel", "country", "card_present", "entry_mode", "device_score", "merchant_id")
 #: The ``train --extra-columns`` value that takes all six as model inputs.
 EXTRA_COLUMNS_ARG = (
-    "mcc:categorical,channel:categorical,country:categorical,card_present:bool,device_score:numeric,"
-    "merchant_id:categorical"
+    "mcc:categorical,channel:categorical,country:categorical,card_present:bool,entry_mode:categorical,"
+    "device_score:numeric,merchant_id:categorical"
 )
 CHANNELS = ("pos", "ecom", "atm", "moto")
 CARD_PRESENT_CHANNELS = ("pos", "atm")
+ENTRY_MODES = ("chip", "contactless", "magstripe", "keyed")
 _CARD_PRESENT = np.array([c in CARD_PRESENT_CHANNELS for c in CHANNELS])
 
 #: (code, what it is, share of merchants, channel mix over ``CHANNELS``).
@@ -119,6 +128,11 @@ _LOW_SCORE = (1.5, 7.0)
 _HIGH_SCORE = (4.0, 2.2)
 _CUSTOMER_HIGH_SCORE = (0.8, 12.0)  # Beta of a customer's own share of high scores (mean ~6%)
 _MERCHANT_SIZE = (3, 6)  # terminals per merchant, [low, high)
+# Entry modes of a genuine card present: contactless share at a POS (none at an ATM), the stripe
+# fallback share, and the few old terminals that fall back to the stripe more often.
+_CONTACTLESS_POS = 0.6
+_MAGSTRIPE = 0.015
+_OLD_TERMINAL_SHARE, _OLD_TERMINAL_MAGSTRIPE = 0.03, 0.2
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,7 @@ class Trace:
         high_score: share of card-not-present transactions with a score from the high distribution
             (None: the customer's own share).
         merchant_mccs: codes that part of the merchants this scenario hits get, and that part.
+        magstripe: share of card-present transactions made with a stripe clone (None: a genuine card).
     """
 
     channel_tilt: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
@@ -142,12 +157,15 @@ class Trace:
     high_score: float | None = None
     merchant_mccs: tuple[str, ...] = ()
     merchant_share: float = 0.0
+    magstripe: float | None = None
 
 
 TRACES: dict[str, Trace] = {
     "legit": Trace(own_habits=True),
-    "compromised_terminal": Trace(channel_tilt=(1.0, 0.0, 1.0, 0.0), own_habits=True),
-    "compromised_card": Trace(channel_tilt=(1.0, 12.0, 0.3, 12.0), abroad=0.45, high_score=0.65),
+    "compromised_terminal": Trace(channel_tilt=(1.0, 0.0, 1.0, 0.0), own_habits=True, magstripe=0.5),
+    "compromised_card": Trace(
+        channel_tilt=(1.0, 12.0, 0.3, 12.0), abroad=0.45, high_score=0.65, magstripe=0.3
+    ),
     "card_testing": Trace(
         channel_tilt=(1.0, 40.0, 0.0, 10.0),
         abroad=0.4,
@@ -161,6 +179,7 @@ TRACES: dict[str, Trace] = {
         high_score=0.7,
         merchant_mccs=("4829", "5732", "7995"),
         merchant_share=0.4,
+        magstripe=0.2,
     ),
     "high_amount": Trace(channel_tilt=(1.0, 2.0, 1.0, 2.0), abroad=0.15, high_score=0.3),
     "drift_night_small": Trace(channel_tilt=(1.0, 2.0, 1.0, 1.0), abroad=0.1, high_score=0.3),
@@ -178,7 +197,7 @@ def draw_attributes(
     scenario: np.ndarray,
     scenario_names: Sequence[str],
 ) -> dict[str, pd.Series | np.ndarray]:
-    """The six attribute columns (``ATTRIBUTE_COLUMNS``) of the given transactions.
+    """The seven attribute columns (``ATTRIBUTE_COLUMNS``) of the given transactions.
 
     Args:
         rng: the attributes' own random stream.
@@ -188,7 +207,8 @@ def draw_attributes(
         scenario_names: the scenario of each code; every one must be in ``TRACES``.
 
     Returns:
-        name -> column: ``mcc``, ``channel``, ``country``, ``merchant_id`` as pandas ``str`` Series,
+        name -> column: ``mcc``, ``channel``, ``country``, ``entry_mode``, ``merchant_id`` as pandas
+        ``str`` Series,
         ``card_present`` bool, ``device_score`` float64 (NaN when the card is present).
     """
     unknown = sorted(set(scenario_names) - set(TRACES))
@@ -204,12 +224,14 @@ def draw_attributes(
     card_present = _CARD_PRESENT[channel]
     country = _countries(rng, n_customers, n_days, customer, day, scenario, card_present, traces)
     score = _device_scores(rng, n_customers, customer, scenario, card_present, traces)
+    entry = _entry_modes(rng, n_terminals, terminal, channel, scenario, traces)  # last: the rest unchanged
     width = max(5, len(str(max(n_merchants - 1, 0))))
     return {
         "mcc": _text(_MCC_CODES, mcc),
         "channel": _text(CHANNELS, channel),
         "country": _text(_COUNTRIES, country),
         "card_present": card_present,
+        "entry_mode": _text(ENTRY_MODES, entry),
         "device_score": score,
         "merchant_id": _text([f"M{i:0{width}d}" for i in range(n_merchants)], merchant[terminal]),
     }
@@ -339,6 +361,27 @@ def _device_scores(
     score = np.full(customer.size, np.nan)
     score[rows] = np.round(value, 3)
     return score
+
+
+def _entry_modes(
+    rng: np.random.Generator,
+    n_terminals: int,
+    terminal: np.ndarray,
+    channel: np.ndarray,
+    scenario: np.ndarray,
+    traces: list[Trace],
+) -> np.ndarray:
+    """Codes into ``ENTRY_MODES``: keyed when the card is absent; else chip, contactless (POS only) or
+    the stripe (a genuine card's fallback, more at old terminals; a clone's only choice)."""
+    fallback = np.where(rng.random(n_terminals) < _OLD_TERMINAL_SHARE, _OLD_TERMINAL_MAGSTRIPE, _MAGSTRIPE)
+    clone_share = np.array([-1.0 if t.magstripe is None else t.magstripe for t in traces])[scenario]
+    u, v = rng.random(channel.size), rng.random(channel.size)
+    clone = v < clone_share
+    stripe = clone | (u < fallback[terminal])
+    contactless = (channel == CHANNELS.index("pos")) & (u > 1 - _CONTACTLESS_POS) & ~stripe
+    entry = np.where(stripe, 2, np.where(contactless, 1, 0)).astype(np.int8)
+    entry[~_CARD_PRESENT[channel]] = ENTRY_MODES.index("keyed")
+    return entry
 
 
 def _text(table: Sequence[str], codes: np.ndarray) -> pd.Series:

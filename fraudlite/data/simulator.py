@@ -21,10 +21,11 @@ Fraud scenarios (the ``scenario`` column; ``"legit"`` for label 0):
   small/moderate amounts at terminals new to the card, a pattern absent from earlier data.
 
 Extra attributes (``extra_attributes``, ``generate --extra-attributes``; ``fraudlite.data.attributes``
-describes them): ``mcc``, ``channel``, ``country``, ``card_present``, ``device_score`` and
-``merchant_id`` columns after the core ones, in which ``compromised_card``, ``card_testing`` and
-``account_takeover`` leave a trace the core columns do not show (more online, high device scores,
-abroad, riskier merchant codes), while ``compromised_terminal`` leaves none.
+describes them): ``mcc``, ``channel``, ``country``, ``card_present``, ``entry_mode``,
+``device_score`` and ``merchant_id`` columns after the core ones, in which ``compromised_card``,
+``card_testing`` and ``account_takeover`` leave a trace the core columns do not show (more online, high
+device scores, abroad, riskier merchant codes, stripe clones), and ``compromised_terminal`` only one:
+stripe clones (``entry_mode`` ``magstripe``) in about half of its transactions.
 
 Every part draws from its own child of ``SeedSequence(seed)``, so a config always gives the same
 DataFrame; setting ``drift_day`` adds the drift rows without changing any other row, and

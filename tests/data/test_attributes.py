@@ -13,6 +13,7 @@ from fraudlite.data.attributes import (
     ATTRIBUTE_COLUMNS,
     CARD_PRESENT_CHANNELS,
     CHANNELS,
+    ENTRY_MODES,
     EXTRA_COLUMNS_ARG,
     MCCS,
     TRACES,
@@ -62,12 +63,15 @@ def test_value_domains(medium: pd.DataFrame) -> None:
     assert df["country"].str.fullmatch(r"[A-Z]{2}").all()
     assert df["card_present"].dtype == np.bool_
     assert (df["card_present"] == df["channel"].isin(CARD_PRESENT_CHANNELS)).all()
+    assert set(df["entry_mode"]) == set(ENTRY_MODES)
+    assert ((df["entry_mode"] == "keyed") == ~df["card_present"]).all()
+    assert (df.loc[df["channel"] == "atm", "entry_mode"] != "contactless").all()
     score = df["device_score"]
     assert score.dtype == np.float64
     assert (score.isna() == df["card_present"]).all()
     assert score.dropna().between(0, 1).all()
     assert np.allclose(score.dropna(), score.dropna().round(3))
-    for col in ("mcc", "channel", "country", "merchant_id"):
+    for col in ("mcc", "channel", "country", "entry_mode", "merchant_id"):
         assert pd.api.types.is_string_dtype(df[col]), col
 
 
@@ -120,7 +124,19 @@ def test_fraud_scenarios_leave_traces(medium: pd.DataFrame) -> None:
     assert takeover["mcc"].isin(RISKY_MCCS).mean() > 1.5 * legit["mcc"].isin(RISKY_MCCS).mean()
 
 
-def test_traces_overlap_and_compromised_terminals_leave_none(medium: pd.DataFrame) -> None:
+def test_stripe_clones_mark_counterfeit_use_but_genuine_fallbacks_exist(medium: pd.DataFrame) -> None:
+    present = medium[medium["card_present"]]
+    stripe = present["entry_mode"] == "magstripe"
+    by_scenario = stripe.groupby(present["scenario"]).mean()
+    assert 0.01 < by_scenario[LEGIT] < 0.04
+    assert 0.4 < by_scenario["compromised_terminal"] < 0.6
+    assert by_scenario["compromised_card"] > 5 * by_scenario[LEGIT]
+    assert present.loc[stripe, "label"].mean() < 0.5  # genuine fallbacks outnumber the clones
+    contactless = (present["entry_mode"] == "contactless").groupby(present["channel"]).mean()
+    assert 0.5 < contactless["pos"] < 0.65 and contactless["atm"] == 0
+
+
+def test_traces_overlap_and_compromised_terminals_leave_only_the_stripe(medium: pd.DataFrame) -> None:
     df = medium
     legit = df[df["scenario"] == LEGIT]
     high_legit = (legit["device_score"] > 0.6).sum()
