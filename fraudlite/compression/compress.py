@@ -176,7 +176,8 @@ def compress_model_dir(
     y = df["label"].to_numpy().astype(np.float32)
     train_idx = _sample(np.flatnonzero(train_mask), int(recipe.data.max_train_rows), int(recipe.data.seed))
     source_state = CompressedMLP.from_model(load_mlp(md.file("weights")))
-    data = StageData(X[train_idx], y[train_idx], X[valid_mask], y[valid_mask], teacher=source_state)
+    data = StageData(X[train_idx], y[train_idx], X[valid_mask], y[valid_mask], teacher=source_state,
+                     groups=spec.extra_inputs)  # fmt: skip
 
     def metrics_of(scores_valid: np.ndarray) -> dict:
         full = np.zeros(len(df), dtype=np.float32)

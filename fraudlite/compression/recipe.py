@@ -24,11 +24,7 @@ Example (abridged; the built-in default is :data:`DEFAULT_RECIPE_TOML`)::
     [export]                  # how the compact artifact serves
     form = "auto"             # auto (time the runnable forms, serve the fastest) | ort-dense | numpy-dense | ...
 
-    [data]
-    max_train_rows = 0        # fine-tuning rows: 0 = all, else a seeded sample of the training window
-
-    [teacher]
-    members = 3               # distil from the source + 2 more seeds of it (kd_teacher = "source")
+    [data]                    # max_train_rows: fine-tuning rows (0 = all); [teacher] members = 3: an ensemble
 
 Each stage's settings are the fields of its technique's config dataclass (``DistillConfig``, ``PruneConfig``,
 ``StructuredConfig``, ``ClusterConfig``, ``QATConfig`` (``bits`` 2..8), ``TernaryConfig``, ``BinaryConfig``); an
@@ -71,6 +67,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "distill": ("fraudlite.compression.distill", "DistillConfig", "distill_stage"),
     "prune": ("fraudlite.compression.prune", "PruneConfig", "prune_stage"),
     "structured": ("fraudlite.compression.prune", "StructuredConfig", "structured_prune_stage"),
+    "drop_inputs": ("fraudlite.compression.inputs", "InputDropConfig", "drop_inputs_stage"),
     "cluster": ("fraudlite.compression.cluster", "ClusterConfig", "cluster_stage"),
     "qat": ("fraudlite.compression.qat", "QATConfig", "qat_stage"),
     "ternary": ("fraudlite.compression.lowbit", "TernaryConfig", "ternary_stage"),
@@ -83,7 +80,7 @@ STORAGES = ("auto", "compact", "fp32")
 
 DEFAULT_RECIPE_TOML = """\
 # fraudlite built-in compression recipe
-# distill -> prune -> share weights (clustering-aware training + k-means) -> entropy-coded compact artifact
+# distill -> drop unneeded extra columns -> prune -> share weights (clustering-aware training + k-means) -> entropy-coded compact artifact
 # + fp32 runnable ONNX. Candidates are tried smallest model first; the first within its share of
 # --max-ap-drop wins. An optional stage with no candidate within the budget is skipped (and reported), a
 # required one stops the run.
@@ -100,6 +97,10 @@ kd_teacher = "source"  # the teacher ensemble of [teacher]
 init = "auto"  # start from the teacher structurally pruned to the student's widths
 epochs = 80  # measured: 80 epochs agreed more with the teacher than 40 and lost ~0.002 AP less on every window
 early_stopping = false
+
+[[stage]]
+name = "drop_inputs"  # extra columns the model does not need (none: the stage is passed over)
+optional = true
 
 [[stage]]
 name = "prune"
@@ -127,7 +128,7 @@ pow2_stats = false  # measured: power-of-two stats folded into layer 0 cost ~0.0
 # center_stats (default): the mean folds into the first bias, exactly
 
 [search]
-budget = [0.4, 0.8, 1.0]  # cumulative share of --max-ap-drop per stage (distillation is nearly free)
+budget = [0.4, 0.6, 0.8, 1.0]  # cumulative share of --max-ap-drop per stage (distillation is nearly free)
 "distill.hidden" = [[24, 12], [32, 16]]
 # measured on the weeks after the validation window: 60% sparsity lost 0.006-0.012 AP there while the
 # validation window showed 0.002, so the search starts at 50%

@@ -161,6 +161,12 @@ def run_search(
     teacher = data.teacher if data.teacher is not None else source
     for i, spec in enumerate(recipe.stages):
         runner = stage_runner(spec.name)
+        moot = getattr(runner, "not_applicable", lambda data: None)(data)  # e.g. no extra columns
+        if moot:
+            msg = f"compress: stage {i + 1}/{n_stages} {spec.name}: not applicable ({moot})"
+            logger.info(msg)
+            say(msg)
+            continue
         candidates = recipe.candidates(i)
         stage_budget = recipe.stage_budget(i, max_ap_drop)
         stage_trials = []

@@ -40,7 +40,7 @@ from fraudlite.modeldir import SPEC_FILE, ModelDir, write_model_dir
 from fraudlite.monitoring.calibration import Platt
 from fraudlite.monitoring.reference import Reference
 from fraudlite.runtime.choice import choose_form, machine_fingerprint, measure_forms
-from fraudlite.runtime.forms import FORMS, Form, build_forms
+from fraudlite.runtime.forms import FORMS, Form, build_forms, make_form
 
 __all__ = [
     "ServedModel",
@@ -265,7 +265,7 @@ def open_model(model: ModelDir | str | os.PathLike, *, verify: bool = True) -> S
         raise ModelDirError(f"{compact}: {state.n_features} inputs, its feature spec has {spec.n_features}")
     name = str(recorded.get("form"))
     if recorded.get("machine") == machine_fingerprint() and name in FORMS:  # build only the one that serves
-        form = FORMS[name](state.layers, state.mean, state.std, state.masks)
+        form = make_form(name, state.layers, state.mean, state.std, state.masks)
         why = (
             f"recorded at compression on this machine (rows/s at batch 1, 256: {recorded.get('rows_per_s')})"
         )
@@ -276,7 +276,7 @@ def open_model(model: ModelDir | str | os.PathLike, *, verify: bool = True) -> S
         "model %s: another machine than at compression: runnable forms re-measured in %.2fs: %s (recorded %s)",
         md.version, time.perf_counter() - t0, name, recorded.get("form"),
     )  # fmt: skip
-    form = FORMS[name](state.layers, state.mean, state.std, state.masks)
+    form = make_form(name, state.layers, state.mean, state.std, state.masks)
     return ServedModel(
         md, spec, form, {**rerun, "rechecked": True, "recorded_form": recorded.get("form")}, state
     )

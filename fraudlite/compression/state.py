@@ -447,6 +447,8 @@ class StageData:
     X_valid: np.ndarray
     y_valid: np.ndarray
     teacher: CompressedMLP | None = field(default=None, repr=False)
+    #: extra column name -> its model inputs' indices (from the feature spec; input-group pruning)
+    groups: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("X_train", "X_valid"):

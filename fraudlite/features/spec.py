@@ -131,6 +131,15 @@ class FeatureSpec:
         return len(self.names)
 
     @property
+    def extra_inputs(self) -> dict[str, np.ndarray]:
+        """Extra column name -> the indices of its model inputs (they follow the built-in ones)."""
+        out, start = {}, self.n_builtin_features
+        for c in self.extra_columns:
+            out[c.name] = np.arange(start, start + c.width)
+            start += c.width
+        return out
+
+    @property
     def indicator_inputs(self) -> np.ndarray:
         """bool [n_features]: the extra columns' 0/1 indicator inputs (``ExtraColumn.indicators``), which
         training centres but does not scale (std 1)."""

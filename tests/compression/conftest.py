@@ -32,10 +32,15 @@ def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def stage_data() -> StageData:
-    """16k training rows, 8k validation rows (deterministic)."""
+    """16k training rows, 8k validation rows (deterministic); column groups as extra columns would
+    give them (``GROUPS``: two of pure noise, one that carries signal) for input-group pruning."""
     X, y = make_data(16_000, 0)
     Xv, yv = make_data(8_000, 1)
-    return StageData(X, y, Xv, yv)
+    return StageData(X, y, Xv, yv, groups={k: np.array(v) for k, v in GROUPS.items()})
+
+
+#: Input groups of :func:`make_data`'s columns: 4 and 5 carry signal, 8..19 are noise.
+GROUPS = {"signal": [4, 5], "noise_a": list(range(8, 14)), "noise_b": list(range(14, 20))}
 
 
 @pytest.fixture(scope="session")

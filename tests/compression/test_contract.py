@@ -17,6 +17,7 @@ import pytest
 from fraudlite.compression.cluster import ClusterConfig, cluster_stage
 from fraudlite.compression.compact import decode_compact, encode_compact
 from fraudlite.compression.distill import DistillConfig, distill_stage
+from fraudlite.compression.inputs import InputDropConfig, drop_inputs_stage
 from fraudlite.compression.lowbit import BinaryConfig, TernaryConfig, binary_stage, ternary_stage
 from fraudlite.compression.prune import PruneConfig, StructuredConfig, prune_stage, structured_prune_stage
 from fraudlite.compression.qat import QATConfig, fake_quant_logits, qat_stage
@@ -51,6 +52,7 @@ TECHNIQUES = [
         StructuredConfig(hidden=(32, 16), steps=2, finetune_epochs=4, lr=3e-3, kd_alpha=0.5, **FAST),
         0.03,
     ),
+    Technique("drop_inputs", drop_inputs_stage, InputDropConfig(finetune_epochs=2, lr=3e-3, **FAST), 0.02),
     Technique("cluster", cluster_stage, ClusterConfig(k=16, finetune_epochs=2, lr=1e-3, **FAST), 0.02),
     Technique(
         "cluster-aware",
@@ -187,13 +189,14 @@ def test_pipeline_preserves_structure(base_state, stage_data):
 def test_every_technique_is_covered():
     import fraudlite.compression.cluster as cluster
     import fraudlite.compression.distill as distill
+    import fraudlite.compression.inputs as inputs
     import fraudlite.compression.lowbit as lowbit
     import fraudlite.compression.prune as prune
     import fraudlite.compression.qat as qat
 
     stage_functions = {
         name
-        for module in (cluster, distill, lowbit, prune, qat)
+        for module in (cluster, distill, inputs, lowbit, prune, qat)
         for name in module.__all__
         if name.endswith("_stage")
     }

@@ -18,8 +18,8 @@ from fraudlite.errors import ConfigError
 
 def test_default_recipe_is_valid_and_ordered() -> None:
     recipe = default_recipe()
-    assert [s.name for s in recipe.stages] == ["distill", "prune", "cluster"]
-    assert [s.optional for s in recipe.stages] == [True, True, False]
+    assert [s.name for s in recipe.stages] == ["distill", "drop_inputs", "prune", "cluster"]
+    assert [s.optional for s in recipe.stages] == [True, True, True, False]
     assert recipe.export == ExportSettings()
     for i, stage in enumerate(recipe.stages):
         assert callable(stage_runner(stage.name))
@@ -121,7 +121,7 @@ def test_restarts_setting() -> None:
     assert recipe.stages[0].restarts == 3 and recipe.stages[0].settings == {"k": 8}
     assert recipe.to_dict()["stages"][0]["restarts"] == 3
     assert "restarts" not in parse_recipe('[[stage]]\nname = "cluster"\n').to_dict()["stages"][0]
-    assert default_recipe().stages[2].restarts == 3
+    assert default_recipe().stages[3].restarts == 3
     for bad in ("0", "true", "2.5", '"3"'):
         with pytest.raises(ConfigError, match="restarts must be an integer"):
             parse_recipe(f'[[stage]]\nname = "cluster"\nrestarts = {bad}\n')
