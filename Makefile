@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m fraudlite demo
 
 test: install tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: install
 	$(PY) benchmarks/run.py

@@ -20,6 +20,7 @@ artifact in the form `compress` measured fastest):
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -172,6 +173,9 @@ def run(workdir: Path) -> str:
     stream = _stream(data, {"fp32": trained, "compressed": compressed}, workdir)
 
     comp = co.manifest["compression"]
+    records = json.loads((compressed / "report.json").read_text())["stage_records"]
+    dropped = [c for r in records if r["name"] == "drop_inputs" for c in r["dropped"]]
+    used = next((r["inputs_used"] for r in records if r["name"] == "drop_inputs"), fp.spec.n_features)
     serve_bytes = {"fp32": fp.model_dir.serve_bytes(), "compressed": co.model_dir.serve_bytes()}
     test_drop, valid_drop = ap["fp32"] - ap["compressed"], comp["ap_drop"]
     fs, cs = stream["fp32"], stream["compressed"]
@@ -182,7 +186,8 @@ def run(workdir: Path) -> str:
         f"{TRAIN[0]}..{TRAIN[1]} with `--extra-columns {EXTRAS}`: **{fp.spec.n_features} model inputs**; "
         f"`compress` (built-in recipe, `--max-ap-drop {MAX_AP_DROP}`): stages {', '.join(comp['stages'])}"
         f"{' (skipped: ' + ', '.join(comp['skipped_stages']) + ')' if comp.get('skipped_stages') else ''}, "
-        f"hidden {list(st.hidden)}, {st.n_kept_weights():,} of {st.n_weights():,} weights kept"
+        f"hidden {list(st.hidden)}, {st.n_kept_weights():,} of {st.n_weights():,} weights kept, "
+        f"extra columns dropped: {', '.join(dropped) or 'none'} ({used} of {fp.spec.n_features} inputs used)"
         + (f"; {pipeline_s:.0f} s" if pipeline_s else "; the models of an earlier run in this workdir")
         + f". Served as: fp32 `{fp.runtime['form']}`, compressed `{co.runtime['form']}` ({co.runtime['why']}).",
         "",

@@ -335,6 +335,8 @@ def _narrowed(layers: Layers, mean, std, masks: Masks):
     cols = np.flatnonzero(used)
     if cols[-1] + 1 - cols[0] <= _SPAN_RATIO * len(cols):  # a few holes: read the whole run (a slice)
         cols = np.arange(cols[0], cols[-1] + 1)
+        if len(cols) == len(used):
+            return None, (layers, mean, std, masks)
     (w0, b0), rest = layers[0], list(layers[1:])
     masks = list(masks)
     m0 = np.asarray(masks[0], bool)[:, cols]
@@ -358,9 +360,12 @@ def build_forms(
     with standardization stats, numpy-folded when some column folds and ort-folded when every one does
     (``folded.foldable``; without stats folding changes nothing). Inputs no kept weight reads are not
     read (:class:`InputSubset`)."""
-    cols, (layers, mean, std, masks) = _narrowed(layers, mean, std, masks)
-    if cols is not None:
-        return {n: InputSubset(f, cols) for n, f in build_forms(layers, mean, std, masks).items()}
+    cols, args = _narrowed(layers, mean, std, masks)
+    forms = _every_form(*args)
+    return forms if cols is None else {n: InputSubset(f, cols) for n, f in forms.items()}
+
+
+def _every_form(layers: Layers, mean, std, masks: Masks) -> dict[str, Form]:
     forms: dict[str, Form] = {}
     ort = find_spec("onnxruntime") is not None
     if ort:

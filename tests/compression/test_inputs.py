@@ -105,3 +105,18 @@ def test_the_search_passes_over_it_without_extra_columns(base_state, stage_data)
     assert any("drop_inputs: not applicable (the model has no extra columns)" in line for line in lines)
     with_groups = run_search(recipe, base_state, stage_data, evaluate, ap0, 0.005, lines.append)
     assert [t.stage for t in with_groups.accepted] == ["drop_inputs"]
+
+
+def test_forms_slice_over_a_hole_and_gather_scattered_inputs(base_state, stage_data):
+    """Masked-out columns inside the used span are read with their zero weights (one slice); inputs
+    spread wider are gathered. Both score as the state does."""
+    from fraudlite.compression.inputs import _without
+    from fraudlite.runtime.forms import build_forms
+
+    X = np.ascontiguousarray(stage_data.X_valid[:2000])
+    for gone, sliced in ((np.array([0, 1, 9]), True), (np.arange(1, 20, 2), False)):
+        state = _without(base_state, gone)
+        forms = build_forms(state.layers, state.mean, state.std, state.masks)
+        for name, form in forms.items():
+            assert (form._slice is not None) == sliced, name
+            np.testing.assert_allclose(form.score(X), state.predict_proba(X), atol=2e-6, err_msg=name)
