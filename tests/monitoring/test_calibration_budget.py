@@ -35,6 +35,18 @@ def test_platt_scaling_calibrates_and_keeps_the_ranking():
     assert platt.inverse(float(platt(np.array([0.3]))[0])) == pytest.approx(0.3, abs=1e-5)
 
 
+@pytest.mark.parametrize("a, b", [(0.7, -3.0), (1.3, 2.0), (40.0, -1.0)])
+def test_platt_small_batches_calibrate_like_large_ones(a, b):
+    """A few scores take the Python-float path (serving at low load); the values are the numpy path's."""
+    p = Platt(a, b)
+    s = np.array([0.0, 1e-9, 1e-4, 0.01, 0.3, 0.5, 0.77, 0.999, 1 - 1e-9, 1.0, np.nan], np.float32)
+    large = p(np.tile(s, 2))[: len(s)]  # 22 scores: the numpy path
+    small = np.concatenate([p(s[i : i + 4]) for i in range(0, len(s), 4)])
+    assert small.dtype == np.float32 and small.shape == s.shape
+    np.testing.assert_allclose(small, large, rtol=1e-6, atol=1e-12)
+    assert np.isnan(small[-1]) and np.isnan(large[-1])
+
+
 def test_platt_record_round_trip_and_bad_records():
     p = Platt(0.7, -3.0)
     q = Platt.from_record(p.record())
