@@ -31,6 +31,7 @@ __all__ = [
     "frozen_teacher",
     "stage_teacher",
     "training_model",
+    "finetune_masked",
     "check_unclustered",
     "ap_of",
     "parse_hidden",
@@ -226,3 +227,24 @@ def ap_of(state: CompressedMLP, X: np.ndarray, y: np.ndarray) -> float:
     from fraudlite.models.metrics import average_precision
 
     return float(average_precision(y, state.logits(X)))
+
+
+def finetune_masked(
+    state: CompressedMLP,
+    data: StageData,
+    cfg: object,
+    epochs: int,
+    early_stopping: bool,
+    progress: object,
+    teacher: object = None,
+) -> CompressedMLP:
+    """``state`` trained ``epochs`` more with its masks held (pruned weights stay zero), from ``teacher``
+    when given: the fine-tune after a stage removes units (structured) or inputs (drop_inputs)."""
+    if int(epochs) < 1:
+        return state
+    model = training_model(state, cfg)
+    masks = list(state.masks)
+    after_backward, after_step = mask_hooks(model, masks)
+    train(model, data, cfg, epochs, early_stopping=early_stopping, after_backward=after_backward,
+          after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
+    return CompressedMLP.from_model(model, masks=masks, stages=state.stages)

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fraudlite.compression.finetune import ap_of, check_unclustered, frozen_teacher
+from fraudlite.compression.finetune import ap_of, check_unclustered, finetune_masked, frozen_teacher
 from fraudlite.compression.state import CompressedMLP, StageData, stage_record
-from fraudlite.compression.structured import _finetune_masked
 from fraudlite.errors import ConfigError
 
 __all__ = ["InputDropConfig", "group_sensitivity", "drop_inputs_stage"]
@@ -119,7 +118,7 @@ def drop_inputs_stage(
         if progress:
             progress(f"input groups: dropping {', '.join(dropped)}; fine-tuning")
         teacher = frozen_teacher(state, config, data)
-        current = _finetune_masked(
+        current = finetune_masked(
             current, data, config, config.finetune_epochs, config.early_stopping, progress, teacher
         )
     current.stages = list(state.stages)
@@ -133,7 +132,8 @@ def drop_inputs_stage(
 
 
 def _not_applicable(data: StageData) -> str | None:
-    """Why the search passes the stage over (it reads this attribute of a stage function), or None."""
+    """Why the search passes the stage over (``recipe.stage_runner``: a stage function's optional
+    ``not_applicable``), or None."""
     return None if data.groups else "the model has no extra columns"
 
 

@@ -349,7 +349,7 @@ def _import_stage_module(name: str, module: str):
 
 
 def stage_runner(name: str):
-    """The stage function ``(state, data, config, progress) -> CompressedMLP`` of a technique."""
+    """A technique's ``(state, data, config, progress) -> CompressedMLP``; ``.not_applicable(data)``: skip why."""
     module, _, func = _stage_entry(name)
     mod = _import_stage_module(name, module)
     try:

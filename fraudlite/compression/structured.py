@@ -20,12 +20,10 @@ from fraudlite.compression.finetune import (
     ap_of,
     check_training,
     check_unclustered,
+    finetune_masked,
     frozen_teacher,
-    mask_hooks,
     parse_hidden,
     sample_rows,
-    train,
-    training_model,
 )
 from fraudlite.compression.state import CompressedMLP, StageData, stage_record
 from fraudlite.errors import ConfigError
@@ -288,29 +286,10 @@ def structured_prune_stage(
     for widths in _schedule_widths(start, target, int(config.steps)):
         keep = compute_unit_keep(compute_unit_importance(current, calib, config.importance), widths)
         current = apply_structured_pruning(current, keep, calib)
-        current = _finetune_masked(current, data, config, config.epochs_per_step, False, progress, teacher)
-    current = _finetune_masked(current, data, config, config.finetune_epochs, True, progress, teacher)
+        current = finetune_masked(current, data, config, config.epochs_per_step, False, progress, teacher)
+    current = finetune_masked(current, data, config, config.finetune_epochs, True, progress, teacher)
     ap_after = ap_of(current, data.X_valid, data.y_valid)
     current.stages = list(state.stages)
     return current.with_stage(
         stage_record("structured", config, state, current, valid_ap_before=ap_before, valid_ap_after=ap_after)
     )
-
-
-def _finetune_masked(
-    state: CompressedMLP,
-    data: StageData,
-    cfg: object,
-    epochs: int,
-    early_stopping: bool,
-    progress: object,
-    teacher: object = None,
-) -> CompressedMLP:
-    if int(epochs) < 1:
-        return state
-    model = training_model(state, cfg)
-    masks = list(state.masks)
-    after_backward, after_step = mask_hooks(model, masks)
-    train(model, data, cfg, epochs, early_stopping=early_stopping, after_backward=after_backward,
-          after_step=after_step, progress=progress, teacher=teacher)  # fmt: skip
-    return CompressedMLP.from_model(model, masks=masks, stages=state.stages)
