@@ -146,6 +146,63 @@ class _Feed:
             self.error = e
 
 
+class _Probe:
+    """A bare librdkafka consumer of the soak's input topic (its own group): the p99 of create -> fetched
+    per wall minute, the broker's part of the end-to-end latency without the scorer."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.p99: list[tuple[float, float]] = []  # (end of minute, seconds from the start)
+        self.seen = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="soak-probe", daemon=True)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": f"soak-probe-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "latest", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+            "socket.nagle.disable": True, "log_level": 3,
+        })  # fmt: skip
+        c.subscribe([self.topic])
+        start = time.monotonic()
+        minute, latencies = 0, []
+        while not self.stop.is_set():
+            # batches keep the probe's CPU ~1 us a record (polling one by one took a third of a core and
+            # slowed the soak it measures); waiting for a batch adds at most the 10 ms timeout
+            batch = c.consume(2000, 0.01)
+            now, wall = time.monotonic(), time.time()
+            if int((now - start) // 60) > minute:
+                if latencies:
+                    self.p99.append(((minute + 1) * 60, float(np.percentile(latencies, 99))))
+                minute, latencies = int((now - start) // 60), []
+            latencies += [wall - m.timestamp()[1] / 1000 for m in batch if not m.error()]
+            self.seen += len(batch)
+        c.close()
+
+
+def _stage_sums(m: dict[str, float]) -> dict[str, float]:
+    """Cumulative per-stage seconds, batches and batched rows of a scrape."""
+    from fraudlite.streaming.metrics import STAGES
+    from fraudlite.testing.reliability import metric
+
+    out = {stage: metric(m, "fraudlite_stage_seconds_sum", stage=stage) for stage in STAGES}
+    out["batches"] = metric(m, "fraudlite_batch_size_count")
+    out["rows"] = metric(m, "fraudlite_batch_size_sum")
+    return out
+
+
+def _per_batch(samples: list[dict], a: int, b: int) -> dict[str, float]:
+    """Mean ms per batch of each stage, mean batch size and batches/s between samples a and b."""
+    d = {k: samples[b]["stages"][k] - samples[a]["stages"][k] for k in samples[b]["stages"]}
+    n = max(d.pop("batches"), 1.0)
+    out = {k: v / n * 1000 for k, v in d.items() if k != "rows"}
+    out["batch"] = d["rows"] / n
+    out["batches/s"] = n / (samples[b]["t"] - samples[a]["t"])
+    return out
+
+
 def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0) -> str:
     from fraudlite.kafkaio.broker import EmbeddedBroker
     from fraudlite.testing.reliability import (
@@ -184,8 +241,11 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         proc.wait_metric("fraudlite_scorer_ready", 1, timeout_s=90)
         seconds = minutes * 60
         feed = _Feed(boot, t.input, rate, seconds)
+        probe = _Probe(boot, t.input) if feed_client() == "librdkafka" else None
         samples: list[dict] = []
         start = time.monotonic()
+        if probe is not None:
+            probe.thread.start()
         feed.thread.start()
         try:
             while feed.thread.is_alive():
@@ -198,6 +258,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
                 samples.append({
                     "t": time.monotonic() - start, "rss_mb": proc_status_mb("VmRSS", proc.proc.pid), "lag": lag,
                     "gap": feed.sent - consumed, "buckets": _buckets(m), "consumed": consumed,
+                    "stages": _stage_sums(m),
                 })  # fmt: skip
                 print(f"t={samples[-1]['t']:.0f}s rss={samples[-1]['rss_mb']:.1f}MB lag={lag:.0f} "
                       f"gap={feed.sent - consumed:.0f} consumed={consumed:.0f}", flush=True)  # fmt: skip
@@ -207,6 +268,9 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
             failures = proc.value("fraudlite_commit_failures_total")
             assert proc.terminate() == 0
         finally:
+            if probe is not None:
+                probe.stop.set()
+                probe.thread.join(10)
             if proc.alive:
                 proc.kill9()
 
@@ -233,6 +297,15 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
     quarter = max(1, len(p99_warm) // 4)
     early = statistics.median(p99_warm[quarter : 2 * quarter] or p99_warm[:1]) if p99_warm else float("nan")
     late = statistics.median(p99_warm[-quarter:]) if p99_warm else float("nan")
+    # where a p99 change comes from: the scorer's own per-batch work, or the broker path (the probe)
+    n_warm = len(samples) - len(warm)
+    q_len = max(1, len(warm) // 4)
+    second = _per_batch(samples, n_warm + q_len - 1, n_warm + 2 * q_len - 1)
+    last = _per_batch(samples, len(samples) - 1 - q_len, len(samples) - 1)
+    broker = [(t_, q) for t_, q in (probe.p99 if probe is not None else []) if t_ > warm_s]
+    bq = max(1, len(broker) // 4)
+    broker_early = statistics.median(q for _, q in broker[bq : 2 * bq]) if len(broker) >= 4 else float("nan")
+    broker_late = statistics.median(q for _, q in broker[-bq:]) if broker else float("nan")
     ok_rss = growth <= 0.05
     ok_lag = added < 2 * rate
     ok_p99 = late <= 1.5 * early + 0.010
@@ -260,6 +333,22 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
             "end-to-end p99 per minute",
             " / ".join(f"{q * 1000:.0f}" for _, q in p99) + " ms",
             f"{verdict(ok_p99)}: last quarter {late * 1000:.0f} ms vs second {early * 1000:.0f} ms",
+        ),  # fmt: skip
+        (
+            "broker: create -> fetched p99 per minute",
+            " / ".join(f"{q * 1000:.0f}" for _, q in (probe.p99 if probe is not None else [])) + " ms",
+            f"a bare librdkafka consumer of the input topic (read {probe.seen:,} of {feed.sent:,}): last quarter "
+            f"{broker_late * 1000:.0f} ms vs second {broker_early * 1000:.0f} ms"
+            if probe is not None
+            else "n/a (needs confluent-kafka)",
+        ),  # fmt: skip
+        (
+            "scorer per batch, second -> last quarter",
+            ", ".join(
+                f"{k} {second[k]:.2f} -> {last[k]:.2f} ms" for k in second if k not in ("batch", "batches/s")
+            ),
+            f"batch {second['batch']:.0f} -> {last['batch']:.0f} rows, {second['batches/s']:.1f} -> "
+            f"{last['batches/s']:.1f} batches/s",
         ),  # fmt: skip
         ("commit/transaction failures", f"{failures:.0f}", ""),
     ]

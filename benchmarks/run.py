@@ -35,6 +35,7 @@ SECTIONS = [
 ]
 EXTRA = [
     "bench_soak",  # `make soak`, ten minutes
+    "bench_broker",  # the test broker over time, 8 minutes
     "bench_compression_seeds",  # ~33 min
     "bench_compression_seeds_at_ort",  # ~24 min
     "bench_scale",  # training on 1M / 5M / 20M rows, an hour or more
