@@ -265,9 +265,9 @@ def read_topic(
     try:
         deadline = time.monotonic() + timeout_s
         partitions = None
-        while partitions is None:
+        while not partitions:  # None: unknown yet; empty: a just-created topic before its partitions show
             partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
+            if not partitions:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"topic {topic!r} does not exist")
                 time.sleep(0.1)
