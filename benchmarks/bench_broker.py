@@ -23,6 +23,46 @@ WINDOW = 30
 VALUE = b"x" * 120  # about a transaction's JSON
 
 
+class BareConsumer:
+    """A bare librdkafka consumer of ``topic`` (its own group, from the latest offset) in a thread: per
+    ``window`` seconds of wall time, ``(end s, p50 s, p99 s, records read so far)`` of create -> fetched.
+    Also the soak's probe of the broker path beside the scorer."""
+
+    def __init__(self, bootstrap: str, topic: str, window: float) -> None:
+        self.bootstrap, self.topic, self.window = bootstrap, topic, window
+        self.rows: list[tuple[float, float, float, int]] = []
+        self.seen = 0
+        self.stop = threading.Event()
+        self.assigned = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bare-consumer", daemon=True)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        c = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": f"bare-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "latest", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
+            "socket.nagle.disable": True, "log_level": 3,
+        })  # fmt: skip
+        c.subscribe([self.topic])
+        while not c.assignment() and not self.stop.is_set():
+            c.poll(0.1)
+        self.assigned.set()
+        latencies, start = [], time.monotonic()
+        while not self.stop.is_set():
+            # batches keep the CPU ~1 us a record (polling one by one took a third of a core and slowed the
+            # soak it measures); waiting for a full batch adds at most the 10 ms timeout
+            batch = c.consume(2000, 0.01)
+            wall = time.time()
+            latencies += [wall - m.timestamp()[1] / 1000 for m in batch if not m.error()]
+            self.seen += len(batch)
+            end = self.window * (len(self.rows) + 1)
+            if time.monotonic() - start >= end and latencies:
+                self.rows.append((end, *map(float, np.percentile(latencies, [50, 99])), self.seen))
+                latencies = []
+        c.close()
+
+
 def _feed(boot: str, topic: str, stop: threading.Event) -> None:
     from confluent_kafka import Producer
 
@@ -56,44 +96,29 @@ def _transactions(boot: str, topic: str, stop: threading.Event) -> None:
 
 def _variant(with_transactions: bool) -> list[tuple[int, float, float, int]]:
     """(end of window s, p50 ms, p99 ms, records held) per WINDOW seconds."""
-    from confluent_kafka import Consumer
-
     from fraudlite.kafkaio.broker import EmbeddedBroker
     from fraudlite.testing.reliability import create_topics
 
     with EmbeddedBroker() as broker:
         boot = broker.bootstrap
         create_topics(boot, ["feed", "txn"])
-        c = Consumer({
-            "bootstrap.servers": boot, "group.id": f"bare-{uuid.uuid4().hex[:6]}", "auto.offset.reset": "latest",
-            "enable.auto.commit": False, "fetch.wait.max.ms": 50, "socket.nagle.disable": True, "log_level": 3,
-        })  # fmt: skip
-        c.subscribe(["feed"])
-        while not c.assignment():
-            c.poll(0.1)
+        probe = BareConsumer(boot, "feed", WINDOW)
+        probe.thread.start()
+        probe.assigned.wait(60)
         stop = threading.Event()
         threads = [threading.Thread(target=_feed, args=(boot, "feed", stop), daemon=True)]
         if with_transactions:
             threads.append(threading.Thread(target=_transactions, args=(boot, "txn", stop), daemon=True))
         for t in threads:
             t.start()
-        rows, latencies, seen, start = [], [], 0, time.monotonic()
         try:
-            while time.monotonic() - start < SECONDS:
-                batch = c.consume(2000, 0.01)  # waits at most 10 ms for a full batch
-                wall = time.time()
-                latencies += [wall - m.timestamp()[1] / 1000 for m in batch if not m.error()]
-                seen += len(batch)
-                if time.monotonic() - start >= WINDOW * (len(rows) + 1) and latencies:
-                    ms = np.array(latencies) * 1000
-                    rows.append((WINDOW * (len(rows) + 1), *np.percentile(ms, [50, 99]), seen))
-                    latencies = []
+            time.sleep(SECONDS + 0.5)
         finally:
             stop.set()
-            for t in threads:
+            probe.stop.set()
+            for t in (*threads, probe.thread):
                 t.join(15)
-            c.close()
-    return rows
+    return [(int(end), p50 * 1000, p99 * 1000, seen) for end, p50, p99, seen in probe.rows]
 
 
 def run(workdir: Path) -> str:

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from bench_broker import BareConsumer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -146,42 +147,6 @@ class _Feed:
             self.error = e
 
 
-class _Probe:
-    """A bare librdkafka consumer of the soak's input topic (its own group): the p99 of create -> fetched
-    per wall minute, the broker's part of the end-to-end latency without the scorer."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.p99: list[tuple[float, float]] = []  # (end of minute, seconds from the start)
-        self.seen = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="soak-probe", daemon=True)
-
-    def _run(self) -> None:
-        from confluent_kafka import Consumer
-
-        c = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": f"soak-probe-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "latest", "enable.auto.commit": False, "fetch.wait.max.ms": 50,
-            "socket.nagle.disable": True, "log_level": 3,
-        })  # fmt: skip
-        c.subscribe([self.topic])
-        start = time.monotonic()
-        minute, latencies = 0, []
-        while not self.stop.is_set():
-            # batches keep the probe's CPU ~1 us a record (polling one by one took a third of a core and
-            # slowed the soak it measures); waiting for a batch adds at most the 10 ms timeout
-            batch = c.consume(2000, 0.01)
-            now, wall = time.monotonic(), time.time()
-            if int((now - start) // 60) > minute:
-                if latencies:
-                    self.p99.append(((minute + 1) * 60, float(np.percentile(latencies, 99))))
-                minute, latencies = int((now - start) // 60), []
-            latencies += [wall - m.timestamp()[1] / 1000 for m in batch if not m.error()]
-            self.seen += len(batch)
-        c.close()
-
-
 def _stage_sums(m: dict[str, float]) -> dict[str, float]:
     """Cumulative per-stage seconds, batches and batched rows of a scrape."""
     from fraudlite.streaming.metrics import STAGES
@@ -241,7 +206,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         proc.wait_metric("fraudlite_scorer_ready", 1, timeout_s=90)
         seconds = minutes * 60
         feed = _Feed(boot, t.input, rate, seconds)
-        probe = _Probe(boot, t.input) if feed_client() == "librdkafka" else None
+        probe = BareConsumer(boot, t.input, 60) if feed_client() == "librdkafka" else None
         samples: list[dict] = []
         start = time.monotonic()
         if probe is not None:
@@ -302,7 +267,8 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
     q_len = max(1, len(warm) // 4)
     second = _per_batch(samples, n_warm + q_len - 1, n_warm + 2 * q_len - 1)
     last = _per_batch(samples, len(samples) - 1 - q_len, len(samples) - 1)
-    broker = [(t_, q) for t_, q in (probe.p99 if probe is not None else []) if t_ > warm_s]
+    probe_p99 = [(end, p99) for end, _p50, p99, _seen in (probe.rows if probe is not None else [])]
+    broker = [(t_, q) for t_, q in probe_p99 if t_ > warm_s]
     bq = max(1, len(broker) // 4)
     broker_early = statistics.median(q for _, q in broker[bq : 2 * bq]) if len(broker) >= 4 else float("nan")
     broker_late = statistics.median(q for _, q in broker[-bq:]) if broker else float("nan")
@@ -336,7 +302,7 @@ def measure(minutes: float = 10.0, fraction: float = 0.5, sample_s: float = 10.0
         ),  # fmt: skip
         (
             "broker: create -> fetched p99 per minute",
-            " / ".join(f"{q * 1000:.0f}" for _, q in (probe.p99 if probe is not None else [])) + " ms",
+            " / ".join(f"{q * 1000:.0f}" for _, q in probe_p99) + " ms",
             f"a bare librdkafka consumer of the input topic (read {probe.seen:,} of {feed.sent:,}): last quarter "
             f"{broker_late * 1000:.0f} ms vs second {broker_early * 1000:.0f} ms"
             if probe is not None
